@@ -1,0 +1,105 @@
+"""Start a stackbench server as a child process and know when it is ready.
+
+Every server runs in a process of its own (gevent monkey-patches the whole interpreter, and
+each server's `process_*` metrics must describe that server alone). The child prints one line
+when it accepts connections; this module waits for that line rather than polling a port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ANNOUNCE = re.compile(r"stackbench (\w+) listening on (http://\S+):(\d+)")
+START_TIMEOUT_S = 30.0
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+class ServerProcess:
+    """One `stackbench serve IMPL` child. Use as a context manager, or call stop()."""
+
+    def __init__(
+        self,
+        impl: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        extra_args: tuple[str, ...] = (),
+        cpus: set[int] | None = None,
+    ) -> None:
+        self.impl = impl
+        self.stderr_path = Path(tempfile.mkstemp(prefix=f"stackbench-{impl}-", suffix=".log")[1])
+        command = [
+            sys.executable, "-m", "loadtest.cli", "serve", impl,
+            "--host", host, "--port", str(port), *extra_args,
+        ]  # fmt: skip
+        with self.stderr_path.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                # pin before exec, so not one instruction of the server runs on the driver's CPU
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            )
+        self.url, self.port = self._wait_for_announce()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _wait_for_announce(self) -> tuple[str, int]:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not selector.select(timeout=0.1):
+                    if self.process.poll() is not None:
+                        break
+                    continue
+                line = self.process.stdout.readline().decode(errors="replace")
+                if not line:
+                    break
+                match = ANNOUNCE.search(line)
+                if match:
+                    return f"{match[2]}:{match[3]}", int(match[3])
+        self.kill()
+        raise ServerStartError(f"{self.impl} server did not start: {self.stderr_tail()}")
+
+    def stderr_tail(self, lines: int = 5) -> str:
+        text = self.stderr_path.read_text(errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:]) or "(no output)"
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM (the server drains and exits 0), SIGKILL if it has not exited by `timeout`."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.stderr_path.unlink(missing_ok=True)

@@ -1,0 +1,180 @@
+"""The aiohttp server: aiohttp's low-level web server on asyncio (or uvloop), one task per
+connection.
+
+The stackless model as most Python code meets it: coroutines, explicit `await`, TaskGroup for
+structured fan-out. A synchronous library must go to a thread pool or it stalls the event loop.
+aiohttp does not cancel a handler whose client has gone unless asked: stackbench asks
+(`handler_cancellation=True`), so all three servers stop a request's work when its client leaves.
+Routing is the shared contract's, not aiohttp's router, so aiohttp serves exactly what the
+others serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import aiohttp
+from aiohttp import web
+
+from servers import contract
+from servers.contract import (
+    Blocking,
+    Echo,
+    Fanout,
+    Metrics,
+    Reply,
+    Response,
+    Sleep,
+    Stream,
+    legacy_blocking_call,
+)
+from servers.lifecycle import ServeOptions, announce, bind, response_headers, stream_headers
+from servers.telemetry import (
+    CLIENT_CLOSED_STATUS,
+    LAG_INTERVAL_S,
+    ServerInfo,
+    Telemetry,
+    lag_after,
+    make_telemetry,
+)
+
+IMPL = "aiohttp"
+
+
+class AiohttpApp:
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        self.offload_pool = ThreadPoolExecutor(
+            contract.OFFLOAD_THREADS, thread_name_prefix="offload"
+        )
+        telemetry.count_tasks_with(lambda: len(asyncio.all_tasks()))
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        method = request.method
+        route, plan = contract.plan(method, request.raw_path)
+        started = self.telemetry.request_started()
+        status = CLIENT_CLOSED_STATUS  # stays so if the handler is cancelled: the client left
+        try:
+            match plan:
+                case Stream():
+                    answer = await self._stream(request, plan)
+                case _:
+                    answer = _web_response(await self._execute(request, plan))
+            status = answer.status
+            return answer
+        finally:
+            self.telemetry.request_finished(route, method, status, started)
+
+    async def _execute(self, request: web.BaseRequest, plan: contract.Plan) -> Response:
+        match plan:
+            case Reply(response=response):
+                return response
+            case Metrics():
+                return self.telemetry.exposition()
+            case Echo():
+                return await _echo(request)
+            case Sleep(ms=ms):
+                await asyncio.sleep(ms / 1000)
+                return plan.response()
+            case Fanout():
+                # Leaving the TaskGroup early (a child failed, or this handler was cancelled
+                # because the client left) cancels every child still running.
+                async with asyncio.TaskGroup() as children:
+                    for _ in range(plan.children):
+                        children.create_task(asyncio.sleep(plan.ms / 1000))
+                return plan.response()
+            case Blocking(ms=ms, offload=True):
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self.offload_pool, legacy_blocking_call, ms)
+                return plan.response()
+            case Blocking(ms=ms, offload=False):
+                legacy_blocking_call(ms)  # inline: the event loop and every connection wait
+                return plan.response()
+        raise AssertionError(f"unhandled plan {plan!r}")  # pragma: no cover
+
+    async def _stream(self, request: web.BaseRequest, plan: Stream) -> web.StreamResponse:
+        answer = web.StreamResponse(status=200, headers=dict(stream_headers(IMPL)))
+        answer.enable_chunked_encoding()
+        await answer.prepare(request)
+        for index in range(plan.chunks):
+            if index:
+                await asyncio.sleep(plan.ms / 1000)
+            await answer.write(plan.chunk(index))
+        await answer.write_eof()
+        return answer
+
+
+async def _echo(request: web.BaseRequest) -> Response:
+    declared = request.content_length
+    if declared is not None and declared > contract.MAX_BODY_BYTES:
+        return Echo.too_large()  # refuse before reading a byte of it
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > contract.MAX_BODY_BYTES:
+            return Echo.too_large()
+        chunks.append(chunk)
+    return Echo.response(b"".join(chunks), request.headers.get("Content-Type"))
+
+
+def _web_response(response: Response) -> web.Response:
+    # aiohttp computes Content-Length itself (and keeps it, without the body, for HEAD).
+    headers = [(k, v) for k, v in response_headers(IMPL, response) if k != "Content-Length"]
+    return web.Response(status=response.status, body=response.body, headers=headers)
+
+
+async def _monitor_lag(telemetry: Telemetry) -> None:
+    while True:
+        armed = time.perf_counter()
+        await asyncio.sleep(LAG_INTERVAL_S)
+        telemetry.observe_lag(lag_after(armed))
+
+
+async def _serve(sock: socket.socket, options: ServeOptions) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    if options.uvloop:
+        import uvloop
+
+        runtime, runtime_version = "uvloop", uvloop.__version__
+    else:
+        runtime, runtime_version = "asyncio", platform.python_version()
+    telemetry = make_telemetry(
+        ServerInfo(IMPL, runtime, runtime_version, f"aiohttp {aiohttp.__version__}"),
+        options.metrics,
+    )
+    app = AiohttpApp(telemetry)
+    # asyncio sets TCP_NODELAY on every TCP transport it creates, uvloop too.
+    server = web.Server(app.handle, handler_cancellation=True, access_log=None)
+    runner = web.ServerRunner(server, shutdown_timeout=options.drain_timeout)
+    await runner.setup()
+    telemetry.count_connections_with(lambda: len(server.connections))
+    await web.SockSite(runner, sock).start()
+    lag_monitor = asyncio.create_task(_monitor_lag(telemetry)) if telemetry.enabled else None
+    announce(IMPL, sock)
+    await stopping.wait()
+    # Drain: stop accepting, close idle keep-alive connections, wait for in-flight requests up
+    # to the drain timeout (aiohttp's shutdown does all three).
+    await runner.cleanup()
+    if lag_monitor is not None:
+        lag_monitor.cancel()
+    app.offload_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def serve(options: ServeOptions) -> None:
+    sock = bind(options)
+    if options.uvloop:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve(sock, options))
+    else:
+        asyncio.run(_serve(sock, options))

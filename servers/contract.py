@@ -1,0 +1,265 @@
+"""The HTTP contract every stackbench server serves, free of any I/O.
+
+A server hands :func:`plan` the request method and raw target and gets back a *plan*: either a
+finished :class:`Response`, or a description of the waiting the request asks for (sleep, fan out,
+call a blocking library, stream, read a body). How a server carries a plan out is the one thing
+that differs between gevent, trio and aiohttp, and that difference is what stackbench measures.
+Everything else (routes, limits, bodies, errors, the ``/cpu`` digest) lives here, so the bytes a
+client sees are identical whichever server answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+IMPLS = ("gevent", "trio", "aiohttp")
+
+MAX_SLEEP_MS = 60_000
+MAX_FANOUT_CHILDREN = 1_000
+MAX_CPU_ROUNDS = 1_000_000
+MAX_BLOCKING_MS = 10_000
+MAX_STREAM_CHUNKS = 1_000
+MAX_BODY_BYTES = 1024 * 1024
+MAX_QUERY_FIELDS = 50
+# Threads available to offloaded blocking calls: the same on aiohttp (executor) and trio
+# (to_thread limiter) so that `/blocking?offload=1` compares the runtimes, not two pool sizes.
+OFFLOAD_THREADS = 40
+
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+IMPL_HEADER = "X-Stackbench-Impl"
+
+# Route templates, the only values the `route` metric label takes besides OTHER_ROUTE.
+ROUTE_METHODS: dict[str, tuple[str, ...]] = {
+    "/": ("GET", "HEAD"),
+    "/json": ("GET", "HEAD"),
+    "/sleep": ("GET", "HEAD"),
+    "/fanout": ("GET", "HEAD"),
+    "/cpu": ("GET", "HEAD"),
+    "/blocking": ("GET", "HEAD"),
+    "/echo": ("POST",),
+    "/stream": ("GET", "HEAD"),
+    "/healthz": ("GET", "HEAD"),
+    "/metrics": ("GET", "HEAD"),
+}
+OTHER_ROUTE = "other"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def close_connection(self) -> bool:
+        """True when the request body may still be unread, so the connection cannot be reused."""
+        return self.status == 413
+
+
+def json_response(
+    obj: object, status: int = 200, headers: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    return Response(status, json.dumps(obj, separators=(",", ":")).encode(), JSON, headers)
+
+
+def error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return json_response({"error": message}, status, headers)
+
+
+class BadRequest(ValueError):
+    """A parameter is missing, malformed or out of range (HTTP 400)."""
+
+
+# -- plans: what a request asks a server to do before it can answer --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Nothing to wait for: send this response."""
+
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait `ms` without blocking anything else."""
+
+    ms: int
+
+    def response(self) -> Response:
+        return json_response({"slept_ms": self.ms})
+
+
+@dataclass(frozen=True, slots=True)
+class Fanout:
+    """Run `children` child tasks that each wait `ms`, concurrently and structured: if the client
+    goes away or one child fails, every child is cancelled."""
+
+    children: int
+    ms: int
+
+    def response(self) -> Response:
+        return json_response({"children": self.children, "slept_ms": self.ms})
+
+
+@dataclass(frozen=True, slots=True)
+class Blocking:
+    """Call :func:`legacy_blocking_call` (`ms`). With `offload`, the async servers push it to a
+    thread; without, they call it inline and stall their event loop."""
+
+    ms: int
+    offload: bool
+
+    def response(self) -> Response:
+        return json_response({"blocked_ms": self.ms, "offload": self.offload})
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A chunked response: `chunks` chunks, `ms` apart."""
+
+    chunks: int
+    ms: int
+
+    def chunk(self, index: int) -> bytes:
+        return b"chunk %d\n" % index
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """Read the request body (at most MAX_BODY_BYTES) and send it back."""
+
+    @staticmethod
+    def response(body: bytes, content_type: str | None) -> Response:
+        return Response(200, body, content_type or "application/octet-stream")
+
+    @staticmethod
+    def too_large() -> Response:
+        return error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """Answer with the server's Prometheus exposition."""
+
+
+Plan = Reply | Sleep | Fanout | Blocking | Stream | Echo | Metrics
+
+
+# -- the synchronous "libraries" the routes call ----------------------------------------------
+
+
+def legacy_blocking_call(ms: int) -> None:
+    """Stands in for a synchronous library (a DB driver, an SDK): it blocks its thread for `ms`.
+
+    It looks up `time.sleep` at call time, so under gevent's monkey patching it yields to the hub
+    instead of blocking, exactly as a real pure-Python blocking library would."""
+    time.sleep(ms / 1000)
+
+
+def cpu_digest(rounds: int) -> str:
+    """`rounds` chained sha256 hashes: pure CPU work with no chance to yield."""
+    digest = b"stackbench"
+    for _ in range(rounds):
+        digest = hashlib.sha256(digest).digest()
+    return digest.hex()
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+
+def route_label(path: str) -> str:
+    """The `route` metric label for a request path: its template, or `other` if it has none."""
+    return path if path in ROUTE_METHODS else OTHER_ROUTE
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def split_target(target: str) -> tuple[str, str]:
+    path, _, query = target.partition("?")
+    return path, query
+
+
+def plan(method: str, target: str) -> tuple[str, Plan]:
+    """Route one request: returns its `route` label and its plan. Never raises."""
+    path, query = split_target(target)
+    route = route_label(path)
+    if route == OTHER_ROUTE:
+        return route, Reply(error(404, f"no route {path[:200]}"))
+    allowed = ROUTE_METHODS[route]
+    if method not in allowed:
+        return route, Reply(
+            error(405, f"method {method[:20]} not allowed", (("Allow", ", ".join(allowed)),))
+        )
+    try:
+        return route, _plan_route(route, _Params(query))
+    except BadRequest as exc:
+        return route, Reply(error(400, str(exc)))
+
+
+def _plan_route(route: str, params: _Params) -> Plan:
+    match route:
+        case "/":
+            return Reply(Response(200, b"Hello, World!", TEXT))
+        case "/json":
+            return Reply(json_response({"message": "Hello, World!"}))
+        case "/healthz":
+            return Reply(Response(200, b"ok", TEXT))
+        case "/sleep":
+            return Sleep(params.int("ms", 0, MAX_SLEEP_MS))
+        case "/fanout":
+            return Fanout(
+                params.int("n", 1, MAX_FANOUT_CHILDREN), params.int("ms", 0, MAX_SLEEP_MS)
+            )
+        case "/cpu":
+            rounds = params.int("n", 0, MAX_CPU_ROUNDS)
+            return Reply(json_response({"rounds": rounds, "digest": cpu_digest(rounds)}))
+        case "/blocking":
+            return Blocking(
+                params.int("ms", 0, MAX_BLOCKING_MS), bool(params.int("offload", 0, 1, default=1))
+            )
+        case "/stream":
+            return Stream(
+                params.int("chunks", 1, MAX_STREAM_CHUNKS), params.int("ms", 0, MAX_SLEEP_MS)
+            )
+        case "/echo":
+            return Echo()
+        case "/metrics":
+            return Metrics()
+    raise AssertionError(f"route {route} has no plan")  # pragma: no cover
+
+
+class _Params:
+    """Query parameters; the first occurrence of a name wins."""
+
+    def __init__(self, query: str) -> None:
+        self._values: dict[str, str] = {}
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError as exc:
+            raise BadRequest(f"more than {MAX_QUERY_FIELDS} query parameters") from exc
+        for name, value in pairs:
+            self._values.setdefault(name, value)
+
+    def int(self, name: str, low: int, high: int, default: int | None = None) -> int:
+        raw = self._values.get(name)
+        if raw is None:
+            if default is None:
+                raise BadRequest(f"missing parameter {name} (integer {low}..{high})")
+            return default
+        # Digits only, and few of them: int() would accept " 1", "+1", "1_0" and huge numbers.
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+            raise BadRequest(f"{name} must be an integer {low}..{high}")
+        value = int(raw)
+        if not low <= value <= high:
+            raise BadRequest(f"{name} must be an integer {low}..{high}")
+        return value

@@ -1,0 +1,238 @@
+"""The gevent server: gevent.pywsgi, monkey-patched, one greenlet per connection.
+
+The stackful model: handlers are plain blocking-looking functions. `time.sleep`, socket reads and
+the "legacy" blocking library yield to the gevent hub implicitly because monkey patching swapped
+them for cooperative versions, so nothing here is coloured async and nothing needs a thread.
+Import this module only in a process of its own: it patches the whole interpreter.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+# ruff: noqa: E402  (the imports below must see the patched socket, time and threading)
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import gevent
+import gevent.event
+import gevent.pool
+from gevent import pywsgi
+
+from servers import contract
+from servers.contract import (
+    Blocking,
+    Echo,
+    Fanout,
+    Metrics,
+    Reply,
+    Response,
+    Sleep,
+    Stream,
+    legacy_blocking_call,
+)
+from servers.lifecycle import (
+    ServeOptions,
+    announce,
+    bind,
+    reason,
+    response_headers,
+    set_nodelay,
+    stream_headers,
+)
+from servers.telemetry import (
+    CLIENT_CLOSED_STATUS,
+    LAG_INTERVAL_S,
+    ServerInfo,
+    Telemetry,
+    lag_after,
+    make_telemetry,
+)
+
+IMPL = "gevent"
+
+
+class ClientGone(Exception):
+    """Thrown into a request's greenlet when its client closes the connection."""
+
+
+class Handler(pywsgi.WSGIHandler):
+    """pywsgi's connection handler, plus TCP_NODELAY, the raw request target and socket for the
+    app, and closing idle keep-alive connections when the server drains."""
+
+    draining = False
+    idle: set[gevent.Greenlet] = set()  # noqa: RUF012 (one server per process)
+
+    def handle(self) -> None:
+        set_nodelay(self.socket)
+        super().handle()
+
+    def read_requestline(self) -> str:
+        if Handler.draining:
+            return ""  # pywsgi closes the connection on an empty request line
+        me = gevent.getcurrent()
+        Handler.idle.add(me)
+        try:
+            return super().read_requestline()
+        finally:
+            Handler.idle.discard(me)
+
+    def get_environ(self) -> dict:
+        environ = super().get_environ()
+        environ["stackbench.target"] = self.path  # undecoded, query string included
+        environ["stackbench.socket"] = self.socket
+        return environ
+
+
+class App:
+    """The WSGI application: routes through the shared contract, then does the waiting the plan
+    asks for, the gevent way (plain calls that yield implicitly)."""
+
+    def __init__(self, telemetry: Telemetry, connections: gevent.pool.Pool) -> None:
+        self.telemetry = telemetry
+        # Greenlets besides connection handlers (fan-out children, disconnect watchers, the lag
+        # monitor): gevent has no cheap global greenlet count, so the server counts its own.
+        self.spawned = gevent.pool.Group()
+        telemetry.count_tasks_with(lambda: len(connections) + len(self.spawned))
+        telemetry.count_connections_with(lambda: len(connections))
+
+    def __call__(self, environ: dict, start_response) -> Iterator[bytes]:
+        return self._respond(environ, start_response)
+
+    def _respond(self, environ: dict, start_response) -> Iterator[bytes]:
+        # A generator, so the request is timed until pywsgi has written its last chunk.
+        method = environ["REQUEST_METHOD"]
+        head = method == "HEAD"
+        route, plan = contract.plan(method, environ["stackbench.target"])
+        started = self.telemetry.request_started()
+        status = CLIENT_CLOSED_STATUS
+        try:
+            match plan:
+                case Stream():
+                    start_response("200 OK", stream_headers(IMPL))
+                    status = 200
+                    if not head:
+                        with self._cancelled_if_client_leaves(environ):
+                            yield from self._stream(plan)
+                    return
+                case Reply(response=response):
+                    pass
+                case Metrics():
+                    response = self.telemetry.exposition()
+                case Echo():
+                    response = self._echo(environ)
+                case Sleep(ms=ms):
+                    with self._cancelled_if_client_leaves(environ):
+                        gevent.sleep(ms / 1000)
+                    response = plan.response()
+                case Fanout():
+                    with self._cancelled_if_client_leaves(environ):
+                        self._fanout(plan)
+                    response = plan.response()
+                case Blocking(ms=ms):
+                    # offload or not, the same call: monkey patching already made it cooperative.
+                    legacy_blocking_call(ms)
+                    response = plan.response()
+            start_response(
+                f"{response.status} {reason(response.status)}", response_headers(IMPL, response)
+            )
+            status = response.status
+            if not head:
+                yield response.body
+        except ClientGone:
+            status = CLIENT_CLOSED_STATUS
+            environ["stackbench.socket"].close()
+        finally:
+            self.telemetry.request_finished(route, method, status, started)
+
+    def _stream(self, plan: Stream) -> Iterator[bytes]:
+        for index in range(plan.chunks):
+            if index:
+                gevent.sleep(plan.ms / 1000)
+            yield plan.chunk(index)
+
+    def _fanout(self, plan: Fanout) -> None:
+        children = gevent.pool.Group()
+        for _ in range(plan.children):
+            self.spawned.add(children.spawn(gevent.sleep, plan.ms / 1000))
+        try:
+            children.join(raise_error=True)
+        finally:
+            children.kill()  # a child failed or the client left: cancel the rest
+
+    def _echo(self, environ: dict) -> Response:
+        declared = environ.get("CONTENT_LENGTH")
+        if declared and int(declared) > contract.MAX_BODY_BYTES:
+            return Echo.too_large()  # refuse before reading a byte of it
+        body = environ["wsgi.input"].read(contract.MAX_BODY_BYTES + 1)
+        if len(body) > contract.MAX_BODY_BYTES:
+            return Echo.too_large()
+        return Echo.response(body, environ.get("CONTENT_TYPE"))
+
+    def _cancelled_if_client_leaves(self, environ: dict) -> "_DisconnectWatch":
+        return _DisconnectWatch(self.spawned, environ["stackbench.socket"])
+
+
+class _DisconnectWatch:
+    """While the request waits, a helper greenlet peeks at its socket; end-of-file means the
+    client is gone, so it throws ClientGone into the request's greenlet (and through it, into
+    any fan-out children)."""
+
+    def __init__(self, spawned: gevent.pool.Group, sock: socket.socket) -> None:
+        self._spawned = spawned
+        self._sock = sock
+        self._watcher: gevent.Greenlet | None = None
+
+    def __enter__(self) -> None:
+        self._watcher = self._spawned.spawn(self._watch, gevent.getcurrent())
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._watcher is not None:
+            # Blocking: the watcher must have let go of the socket before pywsgi reads from it.
+            self._watcher.kill(block=True)
+
+    def _watch(self, request: gevent.Greenlet) -> None:
+        try:
+            alive = self._sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            alive = b""
+        if not alive:  # data would mean a pipelined request: the client is still there
+            request.kill(ClientGone, block=False)
+
+
+def _monitor_lag(telemetry: Telemetry) -> None:
+    while True:
+        armed = time.perf_counter()
+        gevent.sleep(LAG_INTERVAL_S)
+        telemetry.observe_lag(lag_after(armed))
+
+
+def serve(options: ServeOptions) -> None:
+    listener = bind(options)
+    telemetry = make_telemetry(
+        ServerInfo(IMPL, "gevent", gevent.__version__, f"gevent.pywsgi {gevent.__version__}"),
+        options.metrics,
+    )
+    connections = gevent.pool.Pool()
+    app = App(telemetry, connections)
+    server = pywsgi.WSGIServer(listener, app, spawn=connections, handler_class=Handler, log=None)
+    if telemetry.enabled:
+        app.spawned.spawn(_monitor_lag, telemetry)
+    stopping = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
+    server.start()
+    announce(IMPL, listener)
+    stopping.wait()
+    _drain(server, connections, options.drain_timeout)
+
+
+def _drain(server: pywsgi.WSGIServer, connections: gevent.pool.Pool, timeout: float) -> None:
+    server.close()  # stop accepting; the listening socket is closed
+    Handler.draining = True
+    for idle in list(Handler.idle):
+        idle.kill(block=False)  # waiting for a next request that will not come
+    connections.join(timeout=timeout)
+    connections.kill(block=True, timeout=1)

@@ -1,0 +1,97 @@
+"""What every server does the same way around its event loop: options, the listening socket,
+the response head, the start-up line a supervisor waits for."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from servers.contract import IMPL_HEADER, TEXT, Response
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_DRAIN_TIMEOUT_S = 10.0
+LISTEN_BACKLOG = 2048
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    metrics: bool = True
+    # On SIGTERM/SIGINT: stop accepting, close idle connections, give in-flight requests this
+    # long to finish, then exit 0.
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
+    uvloop: bool = False  # aiohttp only
+
+
+class ServeError(Exception):
+    """A problem the user can fix (port in use, bad address): printed as one line, exit 2."""
+
+
+def bind(options: ServeOptions) -> socket.socket:
+    """The listening socket. Bound here, before any runtime starts, so all three servers report
+    a busy port the same way and accept `--port 0`."""
+    try:
+        infos = socket.getaddrinfo(
+            options.host, options.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ServeError(f"cannot resolve host {options.host!r}: {exc.strerror}") from exc
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(
+                f"port {options.port} on {options.host} is already in use; "
+                "stop what holds it or pick another with --port"
+            ) from exc
+        raise ServeError(f"cannot listen on {options.host}:{options.port}: {exc.strerror}") from exc
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def announce(impl: str, sock: socket.socket) -> None:
+    """Print the line supervisors (tests, `stackbench run`) wait for: the server is accepting."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"stackbench {impl} listening on http://{shown}:{port}", flush=True)
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """Send each response as soon as it is written. Without it, a server that writes headers and
+    body in two sends (gevent.pywsgi does) stalls ~40 ms per response on Nagle + delayed ACK."""
+    with contextlib.suppress(OSError):  # not TCP (a Unix socket), or already closed
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def response_headers(impl: str, response: Response) -> list[tuple[str, str]]:
+    """The head of a complete (non-streamed) response, the same on every server."""
+    headers = [
+        ("Content-Type", response.content_type),
+        ("Content-Length", str(len(response.body))),
+        (IMPL_HEADER, impl),
+        *response.headers,
+    ]
+    if response.close_connection:
+        headers.append(("Connection", "close"))
+    return headers
+
+
+def stream_headers(impl: str) -> list[tuple[str, str]]:
+    return [("Content-Type", TEXT), (IMPL_HEADER, impl)]

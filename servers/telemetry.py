@@ -1,0 +1,167 @@
+"""The Prometheus metrics every stackbench server exports, defined once.
+
+Each server process owns one :class:`Telemetry`. The server tells it when connections and
+requests start and finish, feeds it scheduler-lag samples from a timer in its own runtime, and
+gives it two callables to read the live task count and open connection count at scrape time
+(each runtime counts these its own way, so the server supplies the counting).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from servers.contract import Response, error, method_label
+
+# Request latency buckets: fine below 10 ms where the fast routes live, and up to 120 s because
+# /sleep may legitimately take 60 s. 0.1, 0.5 and 1 s are the thresholds dashboards quote.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
+# How late a 10 ms timer fires: sub-millisecond when the runtime is healthy, seconds when a
+# handler hogs the event loop.
+LAG_BUCKETS = (
+    0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+LAG_INTERVAL_S = 0.010
+
+# A request whose client went away before the answer was sent (nginx's convention).
+CLIENT_CLOSED_STATUS = 499
+
+disable_created_metrics()  # `_created` series double the exposition and no dashboard uses them
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    impl: str  # gevent | trio | aiohttp
+    runtime: str  # gevent | trio | asyncio | uvloop
+    runtime_version: str
+    http_stack: str  # e.g. "gevent.pywsgi 24.2.1", "h11 0.14.0", "aiohttp 3.9.5"
+
+
+def lag_after(started: float) -> float:
+    """Scheduler lag of a LAG_INTERVAL_S timer that was armed at perf_counter() == started."""
+    return max(0.0, time.perf_counter() - started - LAG_INTERVAL_S)
+
+
+class Telemetry:
+    """The metric families of DESIGN.md's metrics contract, in a registry of the server's own."""
+
+    enabled = True
+
+    def __init__(self, info: ServerInfo) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        # The default process and GC collectors, registered here so /metrics describes this process.
+        for collector in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
+            self.registry.register(collector)
+        self._duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Time from a request's arrival to the last byte of its response.",
+            ("route", "method", "status"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._active = Gauge(
+            "http_server_active_requests",
+            "Requests being handled right now.",
+            registry=self.registry,
+        )
+        self._connections = Gauge(
+            "http_server_open_connections",
+            "Client connections open right now.",
+            registry=self.registry,
+        )
+        self._tasks = Gauge(
+            "stackbench_tasks",
+            "Live tasks (trio, asyncio) or greenlets (gevent) in the server's runtime.",
+            registry=self.registry,
+        )
+        self._lag = Histogram(
+            "stackbench_scheduler_lag_seconds",
+            f"How late a periodic {LAG_INTERVAL_S * 1000:g} ms timer fires in the runtime.",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        Info(
+            "stackbench_server",
+            "Which implementation, runtime and HTTP stack this server is.",
+            registry=self.registry,
+        ).info(
+            {
+                "impl": info.impl,
+                "runtime": info.runtime,
+                "runtime_version": info.runtime_version,
+                "http_stack": info.http_stack,
+                "python_version": platform.python_version(),
+            }
+        )
+
+    def count_tasks_with(self, count: Callable[[], float]) -> None:
+        self._tasks.set_function(count)
+
+    def count_connections_with(self, count: Callable[[], float]) -> None:
+        self._connections.set_function(count)
+
+    def request_started(self) -> float:
+        self._active.inc()
+        return time.perf_counter()
+
+    def request_finished(self, route: str, method: str, status: int, started: float) -> None:
+        self._active.dec()
+        self._duration.labels(route, method_label(method), str(status)).observe(
+            time.perf_counter() - started
+        )
+
+    def observe_lag(self, seconds: float) -> None:
+        self._lag.observe(seconds)
+
+    def exposition(self) -> Response:
+        return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+
+class DisabledTelemetry(Telemetry):
+    """`--no-metrics`: the same calls, doing nothing, so the overhead of telemetry can be measured
+    by switching it off."""
+
+    enabled = False
+
+    def __init__(self, info: ServerInfo) -> None:
+        pass
+
+    def count_tasks_with(self, count: Callable[[], float]) -> None:
+        pass
+
+    def count_connections_with(self, count: Callable[[], float]) -> None:
+        pass
+
+    def request_started(self) -> float:
+        return 0.0
+
+    def request_finished(self, route: str, method: str, status: int, started: float) -> None:
+        pass
+
+    def observe_lag(self, seconds: float) -> None:
+        pass
+
+    def exposition(self) -> Response:
+        return error(404, "metrics are switched off (--no-metrics)")
+
+
+def make_telemetry(info: ServerInfo, enabled: bool) -> Telemetry:
+    return Telemetry(info) if enabled else DisabledTelemetry(info)

@@ -1,0 +1,35 @@
+"""Real servers on real sockets: each implementation runs as its own `stackbench serve`
+subprocess on a free loopback port, started once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from loadtest.serverproc import ServerProcess
+from servers.contract import IMPLS
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[dict[str, ServerProcess]]:
+    started: dict[str, ServerProcess] = {}
+    try:
+        for impl in IMPLS:
+            started[impl] = ServerProcess(impl)
+        yield started
+    finally:
+        for server in started.values():
+            server.__exit__(None, None, None)
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def server(servers: dict[str, ServerProcess], impl: str) -> ServerProcess:
+    if servers[impl].process.poll() is not None:
+        pytest.fail(f"{impl} server died: {servers[impl].stderr_tail()}")
+    return servers[impl]

@@ -65,10 +65,12 @@ def metrics(port: int) -> dict[str, object]:
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
-def sample_value(port: int, name: str, **labels: str) -> float:
-    """Sum of the samples called `name` whose labels include `labels`."""
+def sample_value(port_or_families: int | dict, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels`, from a fresh scrape of
+    a port or from families already scraped (so that several values come from one instant)."""
+    families = metrics(port_or_families) if isinstance(port_or_families, int) else port_or_families
     total = 0.0
-    for family in metrics(port).values():
+    for family in families.values():
         for sample in family.samples:
             if sample.name == name and labels.items() <= sample.labels.items():
                 total += sample.value

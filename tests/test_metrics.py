@@ -1,0 +1,101 @@
+"""/metrics on every server: parsed by prometheus_client's own parser, the same families with
+the same types everywhere, bounded labels."""
+
+from __future__ import annotations
+
+import socket
+
+from httpclient import get, metrics, sample_value, wait_until
+
+from loadtest.serverproc import ServerProcess
+from servers.contract import IMPLS, OTHER_ROUTE, ROUTE_METHODS
+
+CONTRACT_FAMILIES = {
+    "http_server_request_duration_seconds": "histogram",
+    "http_server_active_requests": "gauge",
+    "http_server_open_connections": "gauge",
+    "stackbench_tasks": "gauge",
+    "stackbench_scheduler_lag_seconds": "histogram",
+    "stackbench_server_info": "gauge",
+    "process_resident_memory_bytes": "gauge",
+    "process_cpu_seconds": "counter",
+    "process_open_fds": "gauge",
+    "python_gc_objects_collected": "counter",
+}
+
+
+def test_every_contract_family_with_its_type(server: ServerProcess) -> None:
+    get(server.port, "/json")
+    families = metrics(server.port)
+    types = {name: family.type for name, family in families.items()}
+    missing = {n: t for n, t in CONTRACT_FAMILIES.items() if types.get(n) != t}
+    assert not missing, f"missing or mistyped: {missing}"
+    info = families["stackbench_server_info"].samples[0]
+    assert info.value == 1
+    assert info.labels["impl"] == server.impl
+    assert set(info.labels) >= {"runtime", "runtime_version", "http_stack", "python_version"}
+    assert sample_value(families, "process_resident_memory_bytes") > 1_000_000
+    assert sample_value(families, "stackbench_tasks") >= 1
+    assert sample_value(families, "stackbench_scheduler_lag_seconds_count") > 0
+
+
+def test_same_families_on_every_server(servers: dict[str, ServerProcess]) -> None:
+    shapes = {}
+    for impl in IMPLS:
+        get(servers[impl].port, "/")
+        shapes[impl] = {(name, f.type) for name, f in metrics(servers[impl].port).items()}
+    assert shapes["gevent"] == shapes["trio"] == shapes["aiohttp"]
+
+
+def test_route_label_is_a_template(server: ServerProcess) -> None:
+    for target in ["/sleep?ms=1", "/sleep?ms=2", "/no/such/path/42", "/x?y=z"]:
+        get(server.port, target)
+    families = metrics(server.port)
+    routes = {
+        sample.labels["route"]
+        for sample in families["http_server_request_duration_seconds"].samples
+    }
+    assert OTHER_ROUTE in routes and "/sleep" in routes
+    assert routes <= set(ROUTE_METHODS) | {OTHER_ROUTE}
+
+
+def test_latency_histogram_covers_the_longest_route(server: ServerProcess) -> None:
+    get(server.port, "/json")
+    bounds = {
+        sample.labels["le"]
+        for sample in metrics(server.port)["http_server_request_duration_seconds"].samples
+        if sample.name.endswith("_bucket")
+    }
+    assert {"0.1", "0.5", "1.0", "60.0", "+Inf"} <= bounds
+
+
+def test_requests_are_counted_by_route_method_status(server: ServerProcess) -> None:
+    def count(status: str) -> float:
+        return sample_value(
+            server.port,
+            "http_server_request_duration_seconds_count",
+            route="/sleep",
+            method="GET",
+            status=status,
+        )
+
+    ok, bad = count("200"), count("400")
+    get(server.port, "/sleep?ms=1")
+    get(server.port, "/sleep?ms=oops")
+    assert (count("200"), count("400")) == (ok + 1, bad + 1)
+
+
+def test_open_connections_counts_idle_keep_alive_clients(server: ServerProcess) -> None:
+    baseline = sample_value(server.port, "http_server_open_connections")
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+    try:
+        assert wait_until(
+            lambda: sample_value(server.port, "http_server_open_connections") >= baseline + 5,
+            timeout=10,
+        )
+    finally:
+        for sock in held:
+            sock.close()
+    assert wait_until(
+        lambda: sample_value(server.port, "http_server_open_connections") <= baseline, timeout=10
+    )

@@ -63,6 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--uvloop", action="store_true", help="aiohttp only: run asyncio on uvloop")
     serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="start all three servers side by side and check they answer alike",
+        description="Start gevent, trio and aiohttp on consecutive ports, show that they give "
+        "identical answers, and serve until Ctrl-C.",
+    )
+    demo.add_argument(
+        "--base-port",
+        type=_port,
+        default=DEFAULT_PORT + 1,
+        help=f"gevent's port; trio and aiohttp take the next two (default {DEFAULT_PORT + 1})",
+    )
+    demo.add_argument(
+        "--duration", type=_seconds, default=None, metavar="SECONDS", help="stop after this long"
+    )
+    demo.set_defaults(run=_demo)
     return parser
 
 
@@ -83,6 +100,15 @@ def _serve(args: argparse.Namespace) -> None:
     try:
         server.serve(options)
     except ServeError as exc:
+        _fail(str(exc))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from loadtest.demo import ServerStartError, run_demo
+
+    try:
+        run_demo(args.base_port, args.duration)
+    except ServerStartError as exc:
         _fail(str(exc))
 
 

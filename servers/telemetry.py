@@ -8,9 +8,11 @@ gives it two callables to read the live task count and open connection count at 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -20,11 +22,13 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Gauge,
-    Histogram,
     Info,
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from servers.contract import Response, error, method_label
 
@@ -46,6 +50,8 @@ CLIENT_CLOSED_STATUS = 499
 
 disable_created_metrics()  # `_created` series double the exposition and no dashboard uses them
 
+_STATUS = {code: str(code) for code in range(100, 600)}  # label strings, made once
+
 
 @dataclass(frozen=True)
 class ServerInfo:
@@ -60,8 +66,60 @@ def lag_after(started: float) -> float:
     return max(0.0, time.perf_counter() - started - LAG_INTERVAL_S)
 
 
+class LocalHistogram:
+    """A labelled histogram for one thread, without locks.
+
+    prometheus_client's Histogram takes a lock per child lookup and two per observation: about
+    3.7 us per request with the active-requests gauge, 12-19 % of aiohttp's throughput on this
+    project's machines. Every stackbench server records from its single event-loop thread (gevent's
+    greenlets share one thread too), so plain counters are safe and cost ~0.3 us. Exposition still
+    goes through prometheus_client's metric families."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.bounds = buckets
+        # per label tuple: one count per bucket (not cumulative), +Inf last, then the sum
+        self._series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0] * (len(self.bounds) + 1) + [0.0]
+        series[bisect.bisect_left(self.bounds, value)] += 1  # `le` is inclusive
+        series[-1] += value
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        upper = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        for labels, series in list(self._series.items()):
+            cumulative = itertools.accumulate(series[:-1])
+            family.add_metric(list(labels), list(zip(upper, cumulative, strict=True)), series[-1])
+        return family
+
+
+class _RequestCollector(Collector):
+    """Hands the registry the families Telemetry keeps in plain Python."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._telemetry._duration.family()
+        yield GaugeMetricFamily(
+            "http_server_active_requests",
+            "Requests being handled right now.",
+            value=self._telemetry.active_requests,
+        )
+        yield self._telemetry._lag.family()
+
+
 class Telemetry:
-    """The metric families of DESIGN.md's metrics contract, in a registry of the server's own."""
+    """The metric families of DESIGN.md's metrics contract, in a registry of the server's own.
+    Call it from the server's event-loop thread only (see LocalHistogram)."""
 
     enabled = True
 
@@ -70,18 +128,20 @@ class Telemetry:
         # The default process and GC collectors, registered here so /metrics describes this process.
         for collector in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
             self.registry.register(collector)
-        self._duration = Histogram(
+        self.active_requests = 0
+        self._duration = LocalHistogram(
             "http_server_request_duration_seconds",
             "Time from a request's arrival to the last byte of its response.",
             ("route", "method", "status"),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            LATENCY_BUCKETS,
         )
-        self._active = Gauge(
-            "http_server_active_requests",
-            "Requests being handled right now.",
-            registry=self.registry,
+        self._lag = LocalHistogram(
+            "stackbench_scheduler_lag_seconds",
+            f"How late a periodic {LAG_INTERVAL_S * 1000:g} ms timer fires in the runtime.",
+            (),
+            LAG_BUCKETS,
         )
+        self.registry.register(_RequestCollector(self))
         self._connections = Gauge(
             "http_server_open_connections",
             "Client connections open right now.",
@@ -90,12 +150,6 @@ class Telemetry:
         self._tasks = Gauge(
             "stackbench_tasks",
             "Live tasks (trio, asyncio) or greenlets (gevent) in the server's runtime.",
-            registry=self.registry,
-        )
-        self._lag = Histogram(
-            "stackbench_scheduler_lag_seconds",
-            f"How late a periodic {LAG_INTERVAL_S * 1000:g} ms timer fires in the runtime.",
-            buckets=LAG_BUCKETS,
             registry=self.registry,
         )
         Info(
@@ -119,17 +173,18 @@ class Telemetry:
         self._connections.set_function(count)
 
     def request_started(self) -> float:
-        self._active.inc()
+        self.active_requests += 1
         return time.perf_counter()
 
     def request_finished(self, route: str, method: str, status: int, started: float) -> None:
-        self._active.dec()
-        self._duration.labels(route, method_label(method), str(status)).observe(
-            time.perf_counter() - started
+        self.active_requests -= 1
+        self._duration.observe(
+            (route, method_label(method), _STATUS.get(status) or str(status)),
+            time.perf_counter() - started,
         )
 
     def observe_lag(self, seconds: float) -> None:
-        self._lag.observe(seconds)
+        self._lag.observe((), seconds)
 
     def exposition(self) -> Response:
         return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)

@@ -1,0 +1,44 @@
+# Two entry points for a fresh Linux machine with Python 3.11+:
+#   make demo   set up, then start the three servers side by side
+#   make test   set up (Python and Debian packages included), then lint and run the tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Debian packages the tests and benchmarks run for real (installed if missing, as root).
+SYSTEM_PACKAGES := wrk
+
+.PHONY: demo test lint bench system-deps venv clean
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+system-deps:
+	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: venv
+	$(BIN)/stackbench demo
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: venv system-deps lint
+	$(BIN)/pytest
+
+bench: venv system-deps
+	$(BIN)/python benchmarks/wrk_servers.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

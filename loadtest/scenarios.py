@@ -1,0 +1,120 @@
+"""The load scenarios, defined once: what each sends, and at which load levels.
+
+A scenario is a weighted mix of requests from the HTTP contract. The Locust files under
+`loadtest/locustfiles/` and `stackbench run` both read this table, so a scenario means the same
+thing in the web UI, headless, and in the local comparison. Nothing here imports Locust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    target: str  # path and query, as sent
+    weight: int = 1
+    body: bytes | None = None
+    content_type: str | None = None
+
+    @property
+    def route(self) -> str:
+        """The route template: the `route` label, the same one the servers use."""
+        return self.target.partition("?")[0]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    question: str  # what the scenario answers
+    requests: tuple[Request, ...]
+    # Closed model: concurrent users at each step (each sends back to back, no think time).
+    user_steps: tuple[int, ...]
+    # Open model: arrivals per second at each step, whether or not earlier requests returned.
+    rate_steps: tuple[float, ...]
+
+
+_ECHO_BODY = b"x" * 4096
+
+SCENARIOS: dict[str, Scenario] = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario(
+            "plaintext",
+            "How many trivial requests per second can the server answer (its ceiling)?",
+            (Request("GET", "/"),),
+            user_steps=(8, 32, 128),
+            rate_steps=(500, 2000, 5000),
+        ),
+        Scenario(
+            "io_hold",
+            "What does one in-flight request cost in memory? N requests wait 2 s at once.",
+            (Request("GET", "/sleep?ms=2000"),),
+            user_steps=(500, 1000, 2000, 5000),
+            rate_steps=(250, 500, 1000, 2500),
+        ),
+        Scenario(
+            "fanout",
+            "What does structured fan-out cost: each request waits on 20 child tasks.",
+            (Request("GET", "/fanout?n=20&ms=20"),),
+            user_steps=(8, 32, 128),
+            rate_steps=(100, 400, 1000),
+        ),
+        Scenario(
+            "starvation",
+            "How much does CPU-bound work delay light requests that share its loop?",
+            (Request("GET", "/cpu?n=20000", weight=1), Request("GET", "/json", weight=9)),
+            user_steps=(4, 16, 64),
+            rate_steps=(100, 300, 600),
+        ),
+        Scenario(
+            "coloring",
+            "What does calling a blocking library cost, offloaded to a thread and inline?",
+            (
+                Request("GET", "/blocking?ms=20&offload=1", weight=1),
+                Request("GET", "/blocking?ms=20&offload=0", weight=1),
+                Request("GET", "/json", weight=8),
+            ),
+            user_steps=(4, 16, 64),
+            rate_steps=(50, 150, 300),
+        ),
+        Scenario(
+            "echo",
+            "How fast is reading and writing a 4 KiB body?",
+            (Request("POST", "/echo", body=_ECHO_BODY, content_type="application/octet-stream"),),
+            user_steps=(8, 32, 128),
+            rate_steps=(500, 2000, 4000),
+        ),
+        Scenario(
+            "mixed",
+            "A bit of everything: the live demo.",
+            (
+                Request("GET", "/", weight=4),
+                Request("GET", "/json", weight=4),
+                Request("GET", "/sleep?ms=50", weight=3),
+                Request("GET", "/fanout?n=10&ms=20", weight=2),
+                Request("GET", "/cpu?n=2000", weight=1),
+                Request("GET", "/blocking?ms=10&offload=1", weight=1),
+                Request(
+                    "POST",
+                    "/echo",
+                    weight=2,
+                    body=b"y" * 1024,
+                    content_type="application/octet-stream",
+                ),
+                Request("GET", "/stream?chunks=5&ms=10", weight=1),
+            ),
+            user_steps=(8, 32, 64),
+            rate_steps=(200, 600, 1200),
+        ),
+    )
+}
+
+
+def get_scenario(name: str) -> Scenario:
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        known = ", ".join(SCENARIOS)
+        raise ValueError(f"unknown scenario {name!r}; known scenarios: {known}") from None

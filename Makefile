@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks run for real (installed if missing, as root).
-SYSTEM_PACKAGES := wrk
+SYSTEM_PACKAGES := wrk prometheus docker-compose
 
 .PHONY: demo test lint bench system-deps venv clean
 
@@ -35,6 +35,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 test: venv system-deps lint
+	$(BIN)/python dashboards/generate.py --check
 	$(BIN)/pytest
 
 bench: venv system-deps

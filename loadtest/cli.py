@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from servers import SERVER_MODULES
 
@@ -80,6 +81,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=_seconds, default=None, metavar="SECONDS", help="stop after this long"
     )
     demo.set_defaults(run=_demo)
+
+    from loadtest.profiles import CORE_SCENARIOS, PROFILES
+    from servers.contract import IMPLS
+
+    run = commands.add_parser(
+        "run",
+        help="measure the servers side by side and write results and an HTML report",
+        description="Start each server in turn pinned to one CPU, drive it with Locust on "
+        "another, sample everything to disk, and write results.json and report.html.",
+    )
+    run.add_argument("--servers", default=",".join(IMPLS), help="comma-separated (default all)")
+    run.add_argument(
+        "--scenarios",
+        default=",".join(CORE_SCENARIOS),
+        help=f"comma-separated (default: {','.join(CORE_SCENARIOS)})",
+    )
+    run.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default="quick",
+        help="how long and how hard: smoke (seconds), quick (< 4 min, default), "
+        "standard (3 repeats), full",
+    )
+    run.add_argument("--repeat", type=_count, help="repeat the whole run N times (medians)")
+    run.add_argument("--out", type=Path, help="output directory (default results/<timestamp>)")
+    run.set_defaults(run=_run)
+
+    report = commands.add_parser(
+        "report", help="rebuild results.json and report.html from a run directory"
+    )
+    report.add_argument("dir", type=Path)
+    report.set_defaults(run=_report)
+
+    compare = commands.add_parser("compare", help="what got better or worse between two runs")
+    compare.add_argument("before", type=Path)
+    compare.add_argument("after", type=Path)
+    compare.set_defaults(run=_compare)
     return parser
 
 
@@ -110,6 +148,60 @@ def _demo(args: argparse.Namespace) -> None:
         run_demo(args.base_port, args.duration)
     except ServerStartError as exc:
         _fail(str(exc))
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count from 1 to 100")
+    return int(text)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from loadtest import run
+    from loadtest.profiles import PROFILES
+
+    servers = [s for s in args.servers.split(",") if s]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    profile = PROFILES[args.profile]
+    try:
+        run.validate(servers, scenarios)
+        plan = run.Plan(
+            servers=tuple(servers),
+            scenarios=tuple(scenarios),
+            profile=profile,
+            repeat=args.repeat or profile.repeat,
+            out=args.out or run.default_out(),
+        )
+        out = run.execute(plan)
+    except run.RunError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        print(f"interrupted: partial results in {plan.out}/report.html", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"results: {out}/results.json")
+    print(f"report:  {out}/report.html")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from loadtest import report, results
+
+    try:
+        built = results.build(args.dir)
+    except results.ResultsError as exc:
+        _fail(str(exc))
+    results.write(args.dir, built)
+    print(f"report: {report.write(args.dir, built)}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from loadtest import analysis, results
+
+    try:
+        before, after = results.load(args.before), results.load(args.after)
+    except results.ResultsError as exc:
+        _fail(str(exc))
+    lines = analysis.compare(before["headline"], after["headline"])
+    print("\n".join(lines) if lines else "no headline figure in common")
 
 
 def _fail(message: str) -> None:

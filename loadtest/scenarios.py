@@ -17,11 +17,13 @@ class Request:
     weight: int = 1
     body: bytes | None = None
     content_type: str | None = None
+    label: str | None = None  # client-side name, where one route is sent two ways
 
     @property
     def route(self) -> str:
-        """The route template: the `route` label, the same one the servers use."""
-        return self.target.partition("?")[0]
+        """The client's `route` label: the route template the servers use, unless `label`
+        tells two kinds of request to the same route apart."""
+        return self.label or self.target.partition("?")[0]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class Scenario:
 
 
 _ECHO_BODY = b"x" * 4096
+BLOCKING_MS = 20  # what the coloring scenario's blocking calls take
+OFFLOADED = "/blocking offload=1"
+INLINE = "/blocking offload=0"
 
 SCENARIOS: dict[str, Scenario] = {
     scenario.name: scenario
@@ -72,8 +77,8 @@ SCENARIOS: dict[str, Scenario] = {
             "coloring",
             "What does calling a blocking library cost, offloaded to a thread and inline?",
             (
-                Request("GET", "/blocking?ms=20&offload=1", weight=1),
-                Request("GET", "/blocking?ms=20&offload=0", weight=1),
+                Request("GET", f"/blocking?ms={BLOCKING_MS}&offload=1", weight=1, label=OFFLOADED),
+                Request("GET", f"/blocking?ms={BLOCKING_MS}&offload=0", weight=1, label=INLINE),
                 Request("GET", "/json", weight=8),
             ),
             user_steps=(4, 16, 64),

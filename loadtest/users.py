@@ -13,9 +13,13 @@ runs, master/worker setups and `stackbench run`:
     STACKBENCH_MODEL          closed (default) | open
     STACKBENCH_RATE           open model: arrivals per second per user (default 50)
     STACKBENCH_MAX_IN_FLIGHT  open model: per user; arrivals beyond it are dropped (default 1000)
+    STACKBENCH_CONNECTIONS    open model: connections per user (default 32); an arrival that
+                              finds all busy waits, and the wait counts in its latency
     STACKBENCH_SHAPE          steps: step through the scenario's load levels (default: none,
                               users and spawn rate come from the command line or web UI)
     STACKBENCH_STEP_SECONDS   seconds per step with STACKBENCH_SHAPE=steps (default 10)
+    STACKBENCH_LEVELS         users (open model: streams) per step, e.g. 8,32,128 (default:
+                              the scenario's own levels)
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from urllib.parse import urlsplit
 
 import gevent
 import gevent.pool
+import gevent.queue
 from geventhttpclient import HTTPClient
 from locust import FastHttpUser, LoadTestShape, User, constant, events, task
 from locust.env import Environment
@@ -147,12 +152,16 @@ class OpenModelUser(User):
         self.target = TARGETS.next(environment)
         self.rate = _env_number("STACKBENCH_RATE", 50, 0.1, 100_000)
         self.max_in_flight = int(_env_number("STACKBENCH_MAX_IN_FLIGHT", 1000, 1, 100_000))
-        self.http = HTTPClient.from_url(
-            self.target.url,
-            concurrency=self.max_in_flight,
-            connection_timeout=10,
-            network_timeout=120,
-        )
+        connections = int(_env_number("STACKBENCH_CONNECTIONS", 32, 1, 10_000))
+        # Like wrk2: a fixed set of connections. An arrival that finds them all busy waits in
+        # the driver, and that wait is part of its latency (it was due to start earlier).
+        self.connections: gevent.queue.Queue = gevent.queue.Queue()
+        for _ in range(connections):
+            self.connections.put(
+                HTTPClient.from_url(
+                    self.target.url, concurrency=1, connection_timeout=10, network_timeout=120
+                )
+            )
 
     @task
     def arrive_on_schedule(self) -> None:
@@ -178,11 +187,12 @@ class OpenModelUser(User):
             in_flight.kill(block=False)
 
     def _send(self, request: Request, due: float) -> None:
+        http = self.connections.get()
         sent = time.perf_counter()
         exception: Exception | None = None
         length = 0
         try:
-            response = self.http.request(
+            response = http.request(
                 request.method, request.target, body=request.body, headers=_headers(request)
             )
             length = len(response.read())
@@ -190,6 +200,8 @@ class OpenModelUser(User):
                 exception = RuntimeError(f"HTTP {response.status_code}")
         except Exception as exc:  # a refused or reset connection is a result, not a crash
             exception = exc
+        finally:
+            self.connections.put(http)
         done = time.perf_counter()
         self.environment.events.request.fire(
             request_type=request.method,
@@ -209,7 +221,8 @@ class OpenModelUser(User):
         )
 
     def on_stop(self) -> None:
-        self.http.close()
+        while not self.connections.empty():
+            self.connections.get().close()
 
 
 class StepShape(LoadTestShape):
@@ -227,6 +240,17 @@ class StepShape(LoadTestShape):
         return users, max(users, 1)  # reach each level within about a second
 
 
+def _env_levels() -> tuple[int, ...]:
+    raw = os.environ.get("STACKBENCH_LEVELS", "")
+    try:
+        levels = tuple(int(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        levels = (0,)
+    if any(level < 1 for level in levels):
+        raise ConfigError(f"STACKBENCH_LEVELS={raw!r}: expected users per step, e.g. 8,32,128")
+    return levels
+
+
 def scenario_classes(name: str) -> tuple[type[User], type[LoadTestShape] | None]:
     """The user class (and step shape, if asked for) that a Locust file for `name` exposes."""
     try:
@@ -238,6 +262,7 @@ def scenario_classes(name: str) -> tuple[type[User], type[LoadTestShape] | None]
         if shape_name not in ("", "steps"):
             raise ConfigError(f"STACKBENCH_SHAPE={shape_name!r}: expected steps or nothing")
         step_seconds = _env_number("STACKBENCH_STEP_SECONDS", 10, 1, 3600)
+        _env_levels()
     except (ConfigError, ValueError) as exc:
         print(f"stackbench: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -259,8 +284,8 @@ def scenario_classes(name: str) -> tuple[type[User], type[LoadTestShape] | None]
     if shape_name == "steps":
         # In the open model each user is one arrival stream: the scenario's rate steps
         # become stream counts at STACKBENCH_RATE each.
-        levels = scenario.user_steps
-        if model == "open":
+        levels = _env_levels() or scenario.user_steps
+        if model == "open" and not _env_levels():
             rate = _env_number("STACKBENCH_RATE", 50, 0.1, 100_000)
             levels = tuple(max(1, round(r / rate)) for r in scenario.rate_steps)
         shape = type(

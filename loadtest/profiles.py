@@ -1,0 +1,71 @@
+"""How much `stackbench run` measures: load levels, step length and repeats per profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from loadtest.scenarios import SCENARIOS
+
+CORE_SCENARIOS = ("plaintext", "io_hold", "fanout", "starvation", "coloring", "echo")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    step_seconds: float
+    repeat: int
+    # Closed-model users per step, per scenario (default: the scenario's own steps).
+    levels: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # The open-model pass: `starvation` at a fixed arrival rate (streams x rate each).
+    open_streams: int = 4
+    open_rate_per_stream: float = 50.0
+
+    def levels_for(self, scenario: str) -> tuple[int, ...]:
+        return self.levels.get(scenario, SCENARIOS[scenario].user_steps)
+
+
+PROFILES = {
+    profile.name: profile
+    for profile in (
+        # For tests and a first look: seconds per step, two levels per scenario.
+        Profile(
+            "smoke",
+            step_seconds=2.0,
+            repeat=1,
+            levels={
+                "plaintext": (4, 32),
+                "io_hold": (50, 200),
+                "fanout": (4, 16),
+                "starvation": (2, 8),
+                "coloring": (2, 8),
+                "echo": (4, 16),
+                "mixed": (4, 16),
+            },
+            open_streams=2,
+            open_rate_per_stream=40.0,
+        ),
+        # All servers and core scenarios in under 4 minutes on 2 cores.
+        Profile(
+            "quick",
+            step_seconds=3.0,
+            repeat=1,
+            levels={
+                "plaintext": (8, 32, 128),
+                "io_hold": (250, 500, 1000),
+                "fanout": (8, 32),
+                "starvation": (4, 16),
+                "coloring": (4, 16),
+                "echo": (8, 32),
+                "mixed": (8, 32),
+            },
+        ),
+        Profile("standard", step_seconds=10.0, repeat=3, open_streams=6),
+        Profile(
+            "full",
+            step_seconds=20.0,
+            repeat=3,
+            levels={"io_hold": (500, 1000, 2000, 5000, 10000)},
+            open_streams=8,
+        ),
+    )
+}

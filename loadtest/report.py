@@ -1,0 +1,293 @@
+"""report.html: one self-contained file (inline CSS and SVG, no script, no external URL) that
+answers "which server costs how much memory per concurrent request, and what latency"."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from loadtest.scenarios import BLOCKING_MS
+
+COLOURS = {"gevent": "#2ca02c", "trio": "#9467bd", "aiohttp": "#1f77b4"}
+OTHER_COLOUR = "#7f7f7f"
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1180px; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.8em 0; }
+td, th { padding: 4px 10px; border-bottom: 1px solid #eee; }
+th { text-align: left; background: #f6f6f6; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.flag { background: #fde2c2; color: #8a4b00; border-radius: 3px; padding: 0 4px; }
+.bad { background: #f8d0d0; color: #8a0000; border-radius: 3px; padding: 0 4px; }
+.charts { display: flex; flex-wrap: wrap; gap: 16px; }
+.note { color: #666; font-size: 0.9em; }
+.swatch { display: inline-block; width: 10px; height: 10px; margin-right: 4px; }
+svg text { font: 11px system-ui, sans-serif; fill: #333; }
+"""
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "&ndash;"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _cell(figure: dict | None, scale: float = 1.0, digits: int = 1) -> str:
+    """A headline figure: its median, with the spread when it was measured more than once."""
+    if not figure:
+        return '<td class="num">&ndash;</td>'
+    text = _fmt(figure["median"] * scale, digits)
+    if figure["n"] > 1:
+        text += (
+            f' <span class="note">({_fmt(figure["min"] * scale, digits)}&ndash;'
+            f"{_fmt(figure['max'] * scale, digits)}, n={figure['n']})</span>"
+        )
+    return f'<td class="num">{text}</td>'
+
+
+def _ticks(high: float) -> list[float]:
+    if high <= 0:
+        return [0.0]
+    step = 10 ** math.floor(math.log10(high / 4))
+    for factor in (1, 2, 2.5, 5, 10):
+        if high / (step * factor) <= 5:
+            step *= factor
+            break
+    return [i * step for i in range(int(high / step) + 2) if i * step <= high * 1.0001 + step]
+
+
+def line_chart(
+    title: str,
+    x_label: str,
+    y_label: str,
+    series: dict[str, list[tuple[float, float, bool]]],
+    width: int = 560,
+    height: int = 320,
+) -> str:
+    """An SVG line chart; points flagged True are drawn hollow (driver-bound)."""
+    left, right, top, bottom = 64, 16, 30, 44
+    points = [p for values in series.values() for p in values]
+    if not points:
+        return (
+            f'<svg width="{width}" height="80" role="img"><text x="8" y="20">{html.escape(title)}'
+            '</text><text x="8" y="44">no data</text></svg>'
+        )
+    x_ticks = _ticks(max(p[0] for p in points))
+    y_ticks = _ticks(max(p[1] for p in points))
+    x_max, y_max = x_ticks[-1] or 1.0, y_ticks[-1] or 1.0
+
+    def x(value: float) -> float:
+        return left + (width - left - right) * value / x_max
+
+    def y(value: float) -> float:
+        return height - bottom - (height - top - bottom) * value / y_max
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="18" font-weight="bold">{html.escape(title)}</text>',
+    ]
+    for tick in x_ticks:
+        parts.append(
+            f'<line x1="{x(tick):.1f}" y1="{top}" x2="{x(tick):.1f}" y2="{height - bottom}" '
+            f'stroke="#eee"/><text x="{x(tick):.1f}" y="{height - bottom + 14}" '
+            f'text-anchor="middle">{_fmt(tick, 0 if tick >= 10 else 1)}</text>'
+        )
+    for tick in y_ticks:
+        parts.append(
+            f'<line x1="{left}" y1="{y(tick):.1f}" x2="{width - right}" y2="{y(tick):.1f}" '
+            f'stroke="#eee"/><text x="{left - 6}" y="{y(tick) + 4:.1f}" '
+            f'text-anchor="end">{_fmt(tick, 0 if tick >= 10 else 1)}</text>'
+        )
+    parts.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">'
+        f"{html.escape(x_label)}</text>"
+        f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{html.escape(y_label)}</text>'
+    )
+    for index, (name, values) in enumerate(series.items()):
+        colour = COLOURS.get(name, OTHER_COLOUR)
+        ordered = sorted(values)
+        path = " ".join(f"{x(px):.1f},{y(py):.1f}" for px, py, _ in ordered)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for px, py, hollow in ordered:
+            fill = "white" if hollow else colour
+            parts.append(
+                f'<circle cx="{x(px):.1f}" cy="{y(py):.1f}" r="3.5" fill="{fill}" '
+                f'stroke="{colour}" stroke-width="1.5"/>'
+            )
+        legend_x = width - right - 90
+        legend_y = top + 4 + 14 * index
+        parts.append(
+            f'<rect x="{legend_x}" y="{legend_y}" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{legend_x + 14}" y="{legend_y + 9}">{html.escape(name)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _runs(results: dict, scenario: str, model: str) -> list[dict]:
+    return [r for r in results["runs"] if r["scenario"] == scenario and r["model"] == model]
+
+
+def _chart_latency_vs_load(results: dict) -> str:
+    series: dict[str, list] = {}
+    for run in _runs(results, "plaintext", "closed"):
+        series.setdefault(run["server"], []).extend(
+            (s["achieved_rps"], s["p99_ms"] or 0.0, s["driver_bound"]) for s in run["steps"]
+        )
+    return line_chart("Latency vs load (plaintext)", "requests per second", "p99 ms", series)
+
+
+def _chart_memory(results: dict) -> str:
+    series: dict[str, list] = {}
+    for run in _runs(results, "io_hold", "closed"):
+        series.setdefault(run["server"], []).extend(
+            (s["active_requests"] or 0.0, (s["rss_bytes"] or 0.0) / 2**20, False)
+            for s in run["steps"]
+        )
+    return line_chart("RSS vs requests in flight (io_hold)", "requests in flight", "RSS MiB",
+                      series)  # fmt: skip
+
+
+def _chart_lag(results: dict) -> str:
+    series: dict[str, list] = {}
+    for run in _runs(results, "starvation", "closed"):
+        if run["repeat"] == 0:
+            series[run["server"]] = [(t, lag, False) for t, lag in run.get("lag_series", [])]
+    return line_chart("Scheduler lag over time (starvation)", "seconds", "lag p99 ms", series)
+
+
+def _headline_table(results: dict) -> str:
+    rows = []
+    for server, figures in results["headline"].items():
+        colour = COLOURS.get(server, OTHER_COLOUR)
+        ceiling = _cell(figures.get("ceiling_rps"), digits=0)
+        if figures.get("ceiling_driver_bound"):
+            ceiling = ceiling.replace(
+                "</td>",
+                ' <span class="flag" title="the load generator was saturated: a lower bound, '
+                "not the server's ceiling\">driver-bound</span></td>",
+            )
+        fit_r2 = figures.get("bytes_per_request_r2")
+        memory = _cell(figures.get("bytes_per_request"), 1 / 1024, 1)
+        if fit_r2:
+            memory = memory.replace(
+                "</td>", f' <span class="note">r²={fit_r2["median"]:.2f}</span></td>'
+            )
+        rows.append(
+            f'<tr><th><span class="swatch" style="background:{colour}"></span>{server}</th>'
+            f"{ceiling}{_cell(figures.get('fixed_load_p50_ms'))}"
+            f"{_cell(figures.get('fixed_load_p99_ms'))}"
+            f"{_cell(figures.get('fixed_load_p99_uncorrected_ms'))}{memory}"
+            f"{_cell(figures.get('starvation_lag_p99_ms'))}"
+            f"{_cell(figures.get('offload_overhead_ms'))}"
+            f"{_cell(figures.get('coloring_probe_p99_ms'))}</tr>"
+        )
+    return (
+        "<table><tr><th>server</th><th>plaintext ceiling req/s</th>"
+        "<th>p50 ms at fixed load</th><th>p99 ms at fixed load</th>"
+        "<th>p99 ms uncorrected</th><th>KiB per in-flight request</th>"
+        "<th>scheduler lag p99 ms under CPU load</th>"
+        f"<th>offload overhead ms (on a {BLOCKING_MS} ms call)</th>"
+        "<th>/json p99 ms beside blocking calls</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _steps_table(results: dict) -> str:
+    rows = []
+    for run in results["runs"]:
+        status = run["status"]
+        badge = "" if status == "ok" else f' <span class="bad">{html.escape(status)}</span>'
+        for step in run["steps"] or [None]:
+            if step is None:
+                rows.append(
+                    f"<tr><td>{run['server']}</td><td>{run['scenario']}</td><td>{run['model']}"
+                    f"</td><td>{run['repeat'] + 1}{badge}</td><td colspan=9>no complete step"
+                    f"{': ' + html.escape(run['error']) if run['error'] else ''}</td></tr>"
+                )
+                continue
+            flag = ' <span class="flag">driver-bound</span>' if step["driver_bound"] else ""
+            rows.append(
+                f"<tr><td>{run['server']}</td><td>{run['scenario']}</td><td>{run['model']}</td>"
+                f"<td>{run['repeat'] + 1}{badge}</td><td class=num>{step['users']:.0f}</td>"
+                f"<td class=num>{_fmt(step['achieved_rps'], 0)}</td>"
+                f"<td class=num>{_fmt(step['p50_ms'])}</td>"
+                f"<td class=num>{_fmt(step['p99_ms'])}</td>"
+                f"<td class=num>{_fmt(step['lag_p99_ms'])}</td>"
+                f"<td class=num>{_fmt((step['rss_bytes'] or 0) / 2**20)}</td>"
+                f"<td class=num>{_fmt(step['server_cpu'] * 100, 0)}%</td>"
+                f"<td class=num>{_fmt((step['driver_cpu'] or 0) * 100, 0)}%{flag}</td>"
+                f"<td class=num>{step['errors']:.0f} / {step['dropped']:.0f}</td></tr>"
+            )
+    return (
+        "<table><tr><th>server</th><th>scenario</th><th>model</th><th>repeat</th><th>users</th>"
+        "<th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>lag p99 ms</th><th>RSS MiB</th>"
+        "<th>server CPU</th><th>driver CPU</th><th>errors / dropped</th></tr>"
+        + "".join(rows) + "</table>"
+    )  # fmt: skip
+
+
+def _lost(results: dict) -> str:
+    lost = results["lost"]
+    items = []
+    if results["interrupted"]:
+        items.append("The run was interrupted; everything measured before that is shown.")
+    for failure in lost["failures"]:
+        items.append(f"{failure['server']} / {failure['scenario']}: {failure['error']}")
+    if lost["not_measured"]:
+        missing = ", ".join(f"{s} {sc} ({m}) #{r + 1}" for s, sc, m, r in lost["not_measured"])
+        items.append(f"Not measured: {missing}.")
+    if lost["unreadable_sample_lines"]:
+        items.append(f"{lost['unreadable_sample_lines']} unreadable sample line(s) skipped.")
+    if not items:
+        return ""
+    return '<h2>Gaps</h2><ul class="bad-list">' + "".join(
+        f"<li>{html.escape(item)}</li>" for item in items
+    ) + "</ul>"  # fmt: skip
+
+
+def render(results: dict[str, Any]) -> str:
+    pinning = results["pinning"]
+    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+    status = "complete" if results["complete"] else "partial"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>stackbench report {html.escape(results["started"])}</title>
+<style>{CSS}</style></head><body>
+<h1>stackbench: what the concurrency model costs</h1>
+<p class="note">Run started {html.escape(results["started"])}, profile
+{html.escape(results["profile"]["name"])} ({results["profile"]["step_seconds"]:g} s per step,
+{results["profile"]["repeat"]} repeat(s)), {status}. Server on CPU {pinning["server_cpus"]},
+Locust on CPU {pinning["driver_cpus"]}. {html.escape(results["environment"]["cpu_model"])}.
+{html.escape(versions)}.</p>
+<h2>Headline</h2>
+{_headline_table(results)}
+<p class="note">Fixed load: the open-model starvation pass, latency measured from each request's
+intended start; "uncorrected" is what a closed-loop tool would report from the same requests.
+KiB per in-flight request: slope of RSS (from /proc) against requests in flight in io_hold.
+<span class="flag">driver-bound</span>: Locust used ≥85 % of its CPU, so the figure is the
+load generator's limit, not the server's. Medians over repeats, (min&ndash;max) when repeated.</p>
+<h2>Charts</h2>
+<div class="charts">
+{_chart_latency_vs_load(results)}{_chart_memory(results)}{_chart_lag(results)}
+</div>
+<p class="note">Hollow points: driver-bound steps.</p>
+{_lost(results)}
+<h2>Every step</h2>
+{_steps_table(results)}
+</body></html>
+"""
+
+
+def write(out: Path, results: dict[str, Any]) -> Path:
+    path = out / "report.html"
+    path.write_text(render(results), encoding="utf-8")
+    return path

@@ -1,13 +1,13 @@
 # Two entry points for a fresh Linux machine with Python 3.11+:
-#   make demo   set up, then start the three servers side by side
+#   make demo   set up, then run the quick side-by-side comparison and write its report
 #   make test   set up (Python and Debian packages included), then lint and run the tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks run for real (installed if missing, as root).
-SYSTEM_PACKAGES := wrk prometheus docker-compose
+SYSTEM_PACKAGES := wrk prometheus docker-compose chromium
 
-.PHONY: demo test lint bench system-deps venv clean
+.PHONY: demo serve test lint bench system-deps venv clean
 
 venv: $(BIN)/.installed
 
@@ -28,6 +28,9 @@ system-deps:
 	fi
 
 demo: venv
+	$(BIN)/stackbench run --profile quick
+
+serve: venv
 	$(BIN)/stackbench demo
 
 lint: venv

@@ -40,7 +40,7 @@ def quantile(q: float, buckets: dict[str, float]) -> float | None:
     return lower
 
 
-def _sum_routes(per_route: dict[str, dict[str, float]]) -> dict[str, float]:
+def sum_routes(per_route: dict[str, dict[str, float]]) -> dict[str, float]:
     total: dict[str, float] = defaultdict(float)
     for buckets in per_route.values():
         for le, count in buckets.items():
@@ -75,8 +75,8 @@ def step_figures(window: list[dict], driver_cores: int) -> dict[str, Any] | None
         route: delta(buckets, c0["latency"].get(route, {}))
         for route, buckets in c1["latency"].items()
     }
-    latency = _sum_routes(per_route)
-    service = _sum_routes({r: delta(b, c0["service"].get(r, {})) for r, b in c1["service"].items()})
+    latency = sum_routes(per_route)
+    service = sum_routes({r: delta(b, c0["service"].get(r, {})) for r, b in c1["service"].items()})
     completed = _count(latency)
     achieved = completed / seconds
     mean_latency = (c1["latency_sum"] - c0["latency_sum"]) / completed if completed else None

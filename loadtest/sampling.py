@@ -19,7 +19,8 @@ SAMPLE_INTERVAL_S = 0.5
 SCRAPE_TIMEOUT_S = 2.0
 
 
-def _scrape(url: str) -> list | None:
+def scrape(url: str) -> list | None:
+    """Every sample of a Prometheus endpoint, or None if it does not answer."""
     try:
         with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
             text = response.read().decode()
@@ -138,8 +139,8 @@ class Sampler:
             self._stop.wait(max(0.0, SAMPLE_INTERVAL_S - (time.monotonic() - started)))
 
     def sample(self) -> dict[str, Any]:
-        server_metrics = _scrape(self.server_url + "/metrics")
-        client_metrics = _scrape(self.client_url + "/metrics")
+        server_metrics = scrape(self.server_url + "/metrics")
+        client_metrics = scrape(self.client_url + "/metrics")
         return {
             **self.labels,
             "t": time.time(),

@@ -1,0 +1,242 @@
+"""`stackbench run` for real: the three servers, real Locust processes, a tiny profile; then
+the results' schema and sanity, the report (rendered in headless Chromium), interruption, and
+the open model's correction for coordinated omission."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadtest.analysis import quantile, sum_routes
+from loadtest.sampling import client_snapshot, scrape
+from loadtest.serverproc import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = {"gevent", "trio", "aiohttp"}
+SCENARIOS = "plaintext,io_hold,starvation,coloring"
+ARTIFACTS = Path(os.environ.get("STACKBENCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+def _stackbench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "loadtest.cli", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("run") / "out"
+    done = _stackbench("run", "--profile", "smoke", "--scenarios", SCENARIOS, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+@pytest.fixture(scope="module")
+def results(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> dict:
+    return json.loads((smoke_run[0] / "results.json").read_text())
+
+
+def test_run_ends_by_printing_where_the_report_is(smoke_run) -> None:
+    out, done = smoke_run
+    assert f"{out}/report.html" in done.stdout
+    for name in ("samples.jsonl", "results.json", "report.html"):
+        assert (out / name).is_file(), name
+    assert list((out / "locust").glob("*_stats.csv")), "Locust's CSV per scenario"
+    assert list((out / "locust").glob("*.html")), "Locust's HTML per scenario"
+
+
+def test_results_schema(results: dict) -> None:
+    assert results["schema"] == "stackbench.results/1"
+    assert results["complete"] and not results["interrupted"]
+    assert results["lost"] == {"unreadable_sample_lines": 0, "not_measured": [], "failures": []}
+    assert {"python", "gevent", "greenlet", "trio", "aiohttp", "locust"} <= set(results["versions"])
+    pinning = results["pinning"]
+    assert pinning["server_cpus"] != pinning["driver_cpus"]  # 2 cores: one each
+    runs = {(r["server"], r["scenario"], r["model"]) for r in results["runs"]}
+    for server in SERVERS:
+        for scenario in SCENARIOS.split(","):
+            assert (server, scenario, "closed") in runs
+        assert (server, "starvation", "open") in runs
+    assert all(r["status"] == "ok" for r in results["runs"])
+
+
+def test_figures_are_sane(results: dict) -> None:
+    for run in results["runs"]:
+        assert run["steps"], f"{run['server']} {run['scenario']}: no step"
+        for step in run["steps"]:
+            if run["scenario"] != "io_hold":  # 2 s sleeps in 2 s steps may not complete
+                assert step["achieved_rps"] > 0
+                assert step["p50_ms"] <= step["p99_ms"]
+            assert step["rss_bytes"] > 1_000_000
+            assert step["driver_bound"] == (step["driver_cpu"] >= 0.85)
+    for server in SERVERS:
+        figures = results["headline"][server]
+        assert figures["bytes_per_request"]["median"] > 0
+        assert figures["ceiling_rps"]["median"] > 0
+        assert figures["fixed_load_p50_ms"]["median"] <= figures["fixed_load_p99_ms"]["median"]
+
+
+def test_driver_bound_when_locust_is_the_limit(results: dict) -> None:
+    """One Locust core cannot keep up with aiohttp (which wrk drives far higher): the plaintext
+    ceiling must be flagged, not reported as aiohttp's."""
+    assert results["headline"]["aiohttp"]["ceiling_driver_bound"] is True
+
+
+def test_samples_arrive_at_least_every_second(smoke_run) -> None:
+    lines = (smoke_run[0] / "samples.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    times: dict[tuple, list[float]] = {}
+    for record in records:
+        if record["type"] == "sample":
+            key = (record["server_impl"], record["scenario"], record["model"])
+            times.setdefault(key, []).append(record["t"])
+    for key, stamps in times.items():
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        assert max(gaps) <= 1.0, f"{key}: gap of {max(gaps):.2f}s"
+
+
+def test_report_is_self_contained(smoke_run) -> None:
+    page = (smoke_run[0] / "report.html").read_text()
+    without_svg_namespace = page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", without_svg_namespace)
+    assert not re.search(r"<(script|link|img|iframe)\b", page)
+    assert page.count("<svg") >= 3
+
+
+def test_report_renders_in_chromium(smoke_run) -> None:
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium (Debian package) is installed by make test"
+    out = smoke_run[0]
+    # A copy of the report with a probe that writes what the browser laid out into the DOM.
+    probe = (
+        "<script>window.onerror=function(m){document.title='ERROR '+m};"
+        "addEventListener('load',function(){var s=[].map.call(document.querySelectorAll('svg'),"
+        "function(e){var r=e.getBoundingClientRect();return r.width+'x'+r.height});"
+        "var p=document.createElement('pre');p.id='probe';p.textContent=s.join(' ');"
+        "document.body.appendChild(p)})</script>"
+    )
+    probed = out / "report-probed.html"
+    probed.write_text((out / "report.html").read_text().replace("</body>", probe + "</body>"))
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={out / 'chromium-profile'}", "--window-size=1280,2400",
+        "--enable-logging=stderr", "--v=0",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "ERROR" not in re.sub(r"<title>[^<]*</title>", "", dom.stdout.split("<body>")[0])
+    assert not re.search(r"CONSOLE.*(Error|Uncaught)", dom.stderr), dom.stderr[-2000:]
+    sizes = re.search(r'<pre id="probe">([^<]*)</pre>', dom.stdout)
+    assert sizes, dom.stdout[-2000:]
+    charts = [tuple(map(float, size.split("x"))) for size in sizes[1].split()]
+    assert len(charts) >= 3 and all(w > 100 and h > 100 for w, h in charts), charts
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", (out / "report.html").as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert shot.stat().st_size > 20_000  # a page with tables and charts, not a blank one
+
+
+def test_report_rebuilds_from_a_run_directory(smoke_run, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_run[0], copy)
+    (copy / "results.json").unlink()
+    (copy / "report.html").unlink()
+    done = _stackbench("report", str(copy))
+    assert done.returncode == 0, done.stderr
+    rebuilt = json.loads((copy / "results.json").read_text())
+    original = json.loads((smoke_run[0] / "results.json").read_text())
+    assert rebuilt["headline"] == original["headline"]
+
+
+def test_compare_prints_changes(smoke_run) -> None:
+    done = _stackbench("compare", str(smoke_run[0]), str(smoke_run[0] / "results.json"))
+    assert done.returncode == 0, done.stderr
+    assert "ceiling_rps" in done.stdout and "noise" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("run", "--servers", "tornado"), "unknown server"),
+        (("run", "--scenarios", "plaintext,nope"), "unknown scenario"),
+        (("run", "--profile", "huge"), "invalid choice"),
+        (("report", "/nonexistent/dir"), "no samples.jsonl"),
+        (("compare", "/nonexistent/a", "/nonexistent/b"), "cannot read"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: tuple[str, ...], message: str) -> None:
+    done = _stackbench(*args, timeout=60)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_interrupted_run_keeps_what_it_measured(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "loadtest.cli", "run", "--profile", "smoke",
+         "--servers", "trio,gevent", "--scenarios", "plaintext,echo", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    samples = out / "samples.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+        not samples.exists() or samples.read_text().count('"type":"sample"') < 8
+    ):
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130
+    assert "partial results" in stderr and "Traceback" not in stderr
+    for line in samples.read_text().splitlines():
+        json.loads(line)  # every line is valid JSON
+    results = json.loads((out / "results.json").read_text())
+    assert results["interrupted"] and not results["complete"]
+    assert results["lost"]["not_measured"]
+    assert any(step for run in results["runs"] for step in run["steps"])
+    assert "interrupted" in (out / "report.html").read_text()
+
+
+def test_open_model_corrects_for_a_stalling_server(tmp_path: Path) -> None:
+    """trio calling a blocking library inline stalls its loop; with a fixed set of connections
+    the arrivals due during a stall wait in the driver. Latency from the intended start shows
+    that wait; latency from the actual send (what a closed loop reports) hides it."""
+    client_port = 9700 + os.getpid() % 200
+    with ServerProcess("trio") as server:
+        locust = subprocess.Popen(
+            [str(Path(sys.executable).parent / "locust"),
+             "-f", str(ROOT / "loadtest/locustfiles/coloring.py"),
+             "--headless", "-u", "1", "-r", "1", "-t", "6s", "--only-summary"],
+            env={**os.environ, "STACKBENCH_MODEL": "open", "STACKBENCH_RATE": "200",
+                 "STACKBENCH_CONNECTIONS": "2", "STACKBENCH_TARGETS": f"trio={server.url}",
+                 "STACKBENCH_CLIENT_METRICS_PORT": str(client_port)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        )  # fmt: skip
+        last = None
+        while locust.poll() is None:  # the metrics die with the process: keep the last scrape
+            last = scrape(f"http://127.0.0.1:{client_port}/metrics") or last
+            time.sleep(0.3)
+    assert last is not None, "never reached Locust's metrics"
+    snapshot = client_snapshot(last)
+    corrected, uncorrected = sum_routes(snapshot["latency"]), sum_routes(snapshot["service"])
+    assert corrected["+Inf"] > 500  # ~200/s for 6 s
+    for q in (0.5, 0.9, 0.99):
+        assert quantile(q, corrected) >= quantile(q, uncorrected)
+    assert quantile(0.5, corrected) > 2 * quantile(0.5, uncorrected)

@@ -122,14 +122,17 @@ def step_figures(window: list[dict], driver_cores: int) -> dict[str, Any] | None
     }
 
 
-def steps(samples: list[dict], driver_cores: int) -> list[dict[str, Any]]:
+def steps(
+    samples: list[dict], driver_cores: int, levels: list[int] | None = None
+) -> list[dict[str, Any]]:
     """Split one scenario run's samples by load level (the users gauge), dropping the first
-    sample of each level (the ramp), and compute each level's figures."""
+    sample of each level (the ramp) and any user count that is not a planned level (Locust
+    stopping its users at the end passes through several), and compute each level's figures."""
     ordered = [s for s in samples if s.get("client")]
     result = []
-    for _, group in groupby(ordered, key=lambda s: s["client"]["users"]):
+    for users, group in groupby(ordered, key=lambda s: s["client"]["users"]):
         window = list(group)[1:]
-        if window and window[0]["client"]["users"] > 0:
+        if window and users > 0 and (levels is None or users in levels):
             figures = step_figures(window, driver_cores)
             if figures:
                 result.append(figures)
@@ -199,10 +202,13 @@ def headline(runs: list[dict]) -> dict[str, Any]:
             figures["starvation_lag_p99_ms"].append(
                 max((s["lag_p99_ms"] or 0.0) for s in run_steps)
             )
+        elif key == ("offload", "closed"):
+            # The lightest level: what the hop to a thread and back costs, not queueing.
+            light = run_steps[0]["routes"]
+            if OFFLOADED in light and light[OFFLOADED]["p50_ms"] is not None:
+                figures["offload_overhead_ms"].append(light[OFFLOADED]["p50_ms"] - BLOCKING_MS)
         elif key == ("coloring", "closed"):
             top = run_steps[-1]["routes"]
-            if OFFLOADED in top and top[OFFLOADED]["p50_ms"] is not None:
-                figures["offload_overhead_ms"].append(top[OFFLOADED]["p50_ms"] - BLOCKING_MS)
             if "/json" in top:
                 figures["coloring_probe_p99_ms"].append(top["/json"]["p99_ms"])
             if INLINE in top:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from pathlib import Path
 
 from servers import SERVER_MODULES
@@ -118,6 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("before", type=Path)
     compare.add_argument("after", type=Path)
     compare.set_defaults(run=_compare)
+
+    tasks = commands.add_parser(
+        "tasks",
+        help="memory per idle task, spawn and switch cost: greenlets, asyncio, trio, threads",
+        description="Park N idle tasks in each runtime (each in its own process) and report the "
+        "RSS per task, spawn time and switch cost, beside Go's 2 KiB minimum goroutine stack.",
+    )
+    tasks.add_argument(
+        "--scale", type=_scale, default=1.0,
+        help="multiply the task counts (10k and 100k; threads 1k and 10k) by this",
+    )  # fmt: skip
+    tasks.add_argument(
+        "--depths", default="0,10",
+        help="Python frames below each parked task, comma-separated (default 0,10)",
+    )  # fmt: skip
+    tasks.add_argument("--out", type=Path, help="where to write tasks.json and tasks.html")
+    tasks.set_defaults(run=_tasks)
     return parser
 
 
@@ -202,6 +220,31 @@ def _compare(args: argparse.Namespace) -> None:
         _fail(str(exc))
     lines = analysis.compare(before["headline"], after["headline"])
     print("\n".join(lines) if lines else "no headline figure in common")
+
+
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.001 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a scale from 0.001 to 10")
+    return value
+
+
+def _tasks(args: argparse.Namespace) -> None:
+    from loadtest import tasks
+
+    try:
+        depths = tuple(int(d) for d in args.depths.split(","))
+    except ValueError:
+        depths = (-1,)
+    if any(not 0 <= d <= 200 for d in depths):
+        _fail(f"--depths {args.depths!r}: expected frame counts from 0 to 200, e.g. 0,10")
+    rows = tasks.run_all(args.scale, depths, lambda text: print(text, file=sys.stderr))
+    print(tasks.table(rows))
+    out = args.out or Path("results") / f"tasks-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"chart: {tasks.write(out, rows)}")
 
 
 def _fail(message: str) -> None:

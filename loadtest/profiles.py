@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from loadtest.scenarios import SCENARIOS
 
-CORE_SCENARIOS = ("plaintext", "io_hold", "fanout", "starvation", "coloring", "echo")
+CORE_SCENARIOS = (
+    "plaintext", "io_hold", "fanout", "starvation", "coloring", "offload", "echo",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,11 @@ PROFILES = {
             repeat=1,
             levels={
                 "plaintext": (4, 32),
-                "io_hold": (50, 200),
+                "io_hold": (50, 100, 200),  # three points, so the fit can fail
                 "fanout": (4, 16),
                 "starvation": (2, 8),
                 "coloring": (2, 8),
+                "offload": (2, 8),
                 "echo": (4, 16),
                 "mixed": (4, 16),
             },
@@ -55,6 +58,7 @@ PROFILES = {
                 "fanout": (8, 32),
                 "starvation": (4, 16),
                 "coloring": (4, 16),
+                "offload": (4, 16),
                 "echo": (8, 32),
                 "mixed": (8, 32),
             },

@@ -10,7 +10,14 @@ from typing import Any
 
 from loadtest.scenarios import BLOCKING_MS
 
-COLOURS = {"gevent": "#2ca02c", "trio": "#9467bd", "aiohttp": "#1f77b4"}
+COLOURS = {
+    "gevent": "#2ca02c",
+    "trio": "#9467bd",
+    "aiohttp": "#1f77b4",
+    "asyncio": "#1f77b4",
+    "uvloop": "#17becf",
+    "thread": "#d62728",
+}
 OTHER_COLOUR = "#7f7f7f"
 
 CSS = """
@@ -133,6 +140,30 @@ def line_chart(
     return "".join(parts)
 
 
+def bar_chart(title: str, bars: list[tuple[str, float]], width: int = 640) -> str:
+    """A horizontal SVG bar chart, one bar per (label, value)."""
+    row, left, top = 24, 190, 30
+    height = top + row * len(bars) + 10
+    high = max((value for _, value in bars), default=1.0) or 1.0
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="8" y="18" font-weight="bold">{html.escape(title)}</text>',
+    ]
+    for index, (label, value) in enumerate(bars):
+        colour = COLOURS.get(label.split()[0], OTHER_COLOUR)
+        y = top + row * index
+        length = (width - left - 90) * value / high
+        parts.append(
+            f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{html.escape(label)}</text>'
+            f'<rect x="{left}" y="{y + 3}" width="{length:.1f}" height="16" fill="{colour}"/>'
+            f'<text x="{left + length + 6:.1f}" y="{y + 15}">{_fmt(value, 0)} B</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def _runs(results: dict, scenario: str, model: str) -> list[dict]:
     return [r for r in results["runs"] if r["scenario"] == scenario and r["model"] == model]
 
@@ -210,7 +241,7 @@ def _steps_table(results: dict) -> str:
             if step is None:
                 rows.append(
                     f"<tr><td>{run['server']}</td><td>{run['scenario']}</td><td>{run['model']}"
-                    f"</td><td>{run['repeat'] + 1}{badge}</td><td colspan=9>no complete step"
+                    f"</td><td>{run['repeat'] + 1}{badge}</td><td colspan=10>no complete step"
                     f"{': ' + html.escape(run['error']) if run['error'] else ''}</td></tr>"
                 )
                 continue
@@ -225,12 +256,15 @@ def _steps_table(results: dict) -> str:
                 f"<td class=num>{_fmt((step['rss_bytes'] or 0) / 2**20)}</td>"
                 f"<td class=num>{_fmt(step['server_cpu'] * 100, 0)}%</td>"
                 f"<td class=num>{_fmt((step['driver_cpu'] or 0) * 100, 0)}%{flag}</td>"
+                f"<td class=num>{_fmt(step['littles_in_flight'])}</td>"
                 f"<td class=num>{step['errors']:.0f} / {step['dropped']:.0f}</td></tr>"
             )
     return (
         "<table><tr><th>server</th><th>scenario</th><th>model</th><th>repeat</th><th>users</th>"
         "<th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>lag p99 ms</th><th>RSS MiB</th>"
-        "<th>server CPU</th><th>driver CPU</th><th>errors / dropped</th></tr>"
+        "<th>server CPU</th><th>driver CPU</th>"
+        "<th title=\"Little's law: throughput x mean latency; in the closed model it should be "
+        "close to the users\">in flight</th><th>errors / dropped</th></tr>"
         + "".join(rows) + "</table>"
     )  # fmt: skip
 

@@ -46,7 +46,9 @@ def build(out: Path) -> dict[str, Any]:
     runs = []
     for key in sorted(set(samples) | set(events), key=lambda k: (k[3], k[0], k[1], k[2])):
         server, scenario, model, repeat = key
-        run_steps = analysis.steps(samples[key], driver_cores)
+        started = [e for e in events[key] if e["event"] == "started"]
+        levels = started[0]["levels"] if started else None
+        run_steps = analysis.steps(samples[key], driver_cores, levels)
         finished = [e for e in events[key] if e["event"] == "finished"]
         failed = [e for e in events[key] if e["event"] == "failed"]
         status = "failed" if failed else "ok" if finished else "interrupted"

@@ -85,6 +85,16 @@ SCENARIOS: dict[str, Scenario] = {
             rate_steps=(50, 150, 300),
         ),
         Scenario(
+            "offload",
+            "What does pushing a blocking call to a thread cost, with nothing stalling the loop?",
+            (
+                Request("GET", f"/blocking?ms={BLOCKING_MS}&offload=1", weight=1, label=OFFLOADED),
+                Request("GET", "/json", weight=4),
+            ),
+            user_steps=(4, 16, 64),
+            rate_steps=(50, 150, 300),
+        ),
+        Scenario(
             "echo",
             "How fast is reading and writing a 4 KiB body?",
             (Request("POST", "/echo", body=_ECHO_BODY, content_type="application/octet-stream"),),

@@ -23,7 +23,7 @@ from loadtest.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = {"gevent", "trio", "aiohttp"}
-SCENARIOS = "plaintext,io_hold,starvation,coloring"
+SCENARIOS = "plaintext,io_hold,starvation,coloring,offload"
 ARTIFACTS = Path(os.environ.get("STACKBENCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
 
@@ -85,6 +85,10 @@ def test_figures_are_sane(results: dict) -> None:
         assert figures["bytes_per_request"]["median"] > 0
         assert figures["ceiling_rps"]["median"] > 0
         assert figures["fixed_load_p50_ms"]["median"] <= figures["fixed_load_p99_ms"]["median"]
+        assert "offload_overhead_ms" in figures and "coloring_probe_p99_ms" in figures
+    # Memory per in-flight request is a clean line here (several kB each, r² near 1).
+    for server in SERVERS:
+        assert results["headline"][server]["bytes_per_request_r2"]["median"] > 0.8
 
 
 def test_driver_bound_when_locust_is_the_limit(results: dict) -> None:

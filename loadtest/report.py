@@ -227,7 +227,7 @@ def _headline_table(results: dict) -> str:
         "<th>p50 ms at fixed load</th><th>p99 ms at fixed load</th>"
         "<th>p99 ms uncorrected</th><th>KiB per in-flight request</th>"
         "<th>scheduler lag p99 ms under CPU load</th>"
-        f"<th>offload overhead ms (on a {BLOCKING_MS} ms call)</th>"
+        f"<th>offload overhead ms (mean, on a {BLOCKING_MS} ms call)</th>"
         "<th>/json p99 ms beside blocking calls</th></tr>" + "".join(rows) + "</table>"
     )
 

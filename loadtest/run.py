@@ -7,13 +7,13 @@ import contextlib
 import importlib.metadata
 import os
 import platform
+import re
 import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from loadtest.serverproc import ServerProcess, ServerStartError
 
 LOCUSTFILES = Path(__file__).resolve().parent / "locustfiles"
 LOCUST_START_TIMEOUT_S = 30.0
+CLIENT_METRICS_LINE = re.compile(r"stackbench client metrics \(\w+\) on :(\d+)/metrics")
 FD_HEADROOM = 256
 OPEN_MODEL_SCENARIO = "starvation"  # the open-model pass: where stalls hide from closed loops
 
@@ -62,9 +63,20 @@ class Plan:
 
 
 def cpu_layout() -> tuple[list[int], list[int]]:
-    """Server on one CPU, the load generator on another (the same one on a 1-CPU machine)."""
+    """Server on one CPU, the load generator on all the others (the same one on a 1-CPU
+    machine)."""
     cpus = sorted(os.sched_getaffinity(0))
-    return [cpus[0]], [cpus[1] if len(cpus) > 1 else cpus[0]]
+    return [cpus[0]], cpus[1:] or [cpus[0]]
+
+
+def driver_processes(driver_cpus: list[int]) -> int:
+    """One Locust process per driver CPU (Locust's --processes), unless told otherwise."""
+    forced = os.environ.get("STACKBENCH_DRIVER_PROCESSES", "")
+    if forced:
+        if not forced.isdigit() or not 1 <= int(forced) <= 64:
+            raise RunError(f"STACKBENCH_DRIVER_PROCESSES={forced!r}: expected 1 to 64")
+        return int(forced)
+    return len(driver_cpus)
 
 
 def raise_fd_limit(plan: Plan) -> int:
@@ -162,7 +174,8 @@ def execute(plan: Plan) -> Path:
         "environment": environment(),
         "versions": versions(),
         "pinning": {"server_cpus": server_cpus, "driver_cpus": driver_cpus,
-                    "shared_cpu": server_cpus == driver_cpus, "locust_processes": 1,
+                    "shared_cpu": server_cpus == driver_cpus,
+                    "locust_processes": driver_processes(driver_cpus),
                     "fd_limit": fd_limit},
     })  # fmt: skip
     progress = Progress(plan)
@@ -237,7 +250,7 @@ def _run_scenario(
     levels = plan.levels(scenario, model)
     seconds = plan.seconds(scenario, model)
     name = f"{impl}-{scenario}-{model}-r{repeat + 1}"
-    client_port = _free_port()
+    client_port = _free_port()  # the master's; forked workers take the next free ones
     env = {
         **os.environ,
         "STACKBENCH_TARGETS": f"{impl}={server.url}",
@@ -256,6 +269,9 @@ def _run_scenario(
         "--run-time", f"{seconds + 5:.0f}s", "--stop-timeout", "5",
         "--csv", str(locust_dir / name), "--html", str(locust_dir / f"{name}.html"),
     ]  # fmt: skip
+    processes = driver_processes(driver_cpus)
+    if processes > 1:
+        command += ["--processes", str(processes)]
     _event(log, impl, scenario, model, repeat, "started", levels=list(levels))
     with (locust_dir / f"{name}.log").open("wb") as output:
         locust = subprocess.Popen(
@@ -263,19 +279,20 @@ def _run_scenario(
             stdin=subprocess.DEVNULL,
             preexec_fn=lambda: os.sched_setaffinity(0, set(driver_cpus)),
         )  # fmt: skip
-    client_url = f"http://127.0.0.1:{client_port}"
     sampler = None
     started = time.monotonic()
     error = None
     try:
-        if not _wait_for_metrics(client_url, locust):
+        # The master and each forked worker export metrics on a port of their own.
+        client_urls = _wait_for_metrics(locust_dir / f"{name}.log", locust, processes)
+        if not client_urls:
             error = f"Locust did not start: see locust/{name}.log"
             return
         sampler = Sampler(
             log,
             {"type": "sample", "server_impl": impl, "scenario": scenario, "model": model,
              "repeat": repeat},
-            server.url, server.pid, client_url, locust.pid,
+            server.url, server.pid, client_urls, locust.pid,
         )  # fmt: skip
         sampler.start()
         deadline = started + seconds + 60
@@ -312,15 +329,16 @@ def _run_scenario(
             _event(log, impl, scenario, model, repeat, "finished", exit_code=locust.returncode)
 
 
-def _wait_for_metrics(url: str, locust: subprocess.Popen) -> bool:
+def _wait_for_metrics(log: Path, locust: subprocess.Popen, processes: int) -> list[str]:
+    """The client-metrics URLs of every Locust process, read from the lines they print."""
+    expected = processes + 1 if processes > 1 else 1
     deadline = time.monotonic() + LOCUST_START_TIMEOUT_S
     while time.monotonic() < deadline and locust.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/metrics", timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
+        ports = CLIENT_METRICS_LINE.findall(log.read_text(errors="replace"))
+        if len(ports) >= expected:
+            return [f"http://127.0.0.1:{port}" for port in ports]
+        time.sleep(0.1)
+    return []
 
 
 def default_out() -> Path:

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +30,18 @@ def scrape(url: str) -> list | None:
     return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
+def _scrape_all(urls: Iterable[str]) -> list | None:
+    """The samples of several Locust processes together (None if any did not answer, so a
+    sample never mixes a partial sum into the deltas)."""
+    merged: list = []
+    for url in urls:
+        samples = scrape(url)
+        if samples is None:
+            return None
+        merged.extend(samples)
+    return merged
+
+
 def _buckets(samples: list, name: str, by: str | None = None) -> dict:
     """Cumulative bucket counts {le: count} of histogram `name`, summed over its other labels
     (or {label value: {le: count}} with `by`)."""
@@ -40,6 +53,16 @@ def _buckets(samples: list, name: str, by: str | None = None) -> dict:
     if by:
         return {key: dict(value) for key, value in grouped.items()}
     return dict(grouped.get("", {}))
+
+
+def _sums(samples: list, name: str, by: str) -> dict[str, float]:
+    """The `_sum` of histogram `name` per value of label `by` (exact means, where buckets
+    only bound a percentile)."""
+    sums: dict[str, float] = defaultdict(float)
+    for sample in samples:
+        if sample.name == f"{name}_sum":
+            sums[sample.labels.get(by, "")] += sample.value
+    return dict(sums)
 
 
 def _total(samples: list, name: str, **labels: str) -> float:
@@ -60,7 +83,12 @@ def server_snapshot(samples: list) -> dict[str, Any]:
 
 def client_snapshot(samples: list) -> dict[str, Any]:
     return {
-        "users": _total(samples, "stackbench_client_users"),
+        # A master reports its workers' users again: count the processes that run users.
+        "users": sum(
+            s.value
+            for s in samples
+            if s.name == "stackbench_client_users" and s.labels.get("role") != "master"
+        ),
         "intended": _total(samples, "stackbench_client_intended_requests_total"),
         "dropped": _total(samples, "stackbench_client_dropped_arrivals_total"),
         "errors": _total(
@@ -68,6 +96,7 @@ def client_snapshot(samples: list) -> dict[str, Any]:
         ),
         "latency": _buckets(samples, "stackbench_client_request_duration_seconds", by="route"),
         "latency_sum": _total(samples, "stackbench_client_request_duration_seconds_sum"),
+        "latency_sums": _sums(samples, "stackbench_client_request_duration_seconds", by="route"),
         "service": _buckets(samples, "stackbench_client_service_duration_seconds", by="route"),
     }
 
@@ -111,13 +140,13 @@ class Sampler:
         labels: dict[str, Any],
         server_url: str,
         server_pid: int,
-        client_url: str,
+        client_urls: list[str],
         driver_pid: int,
     ) -> None:
         self.log = log
         self.labels = labels
         self.server_url = server_url
-        self.client_url = client_url
+        self.client_urls = client_urls
         self.server = _process(server_pid)
         self.driver = _process(driver_pid)
         self.samples_taken = 0
@@ -140,7 +169,7 @@ class Sampler:
 
     def sample(self) -> dict[str, Any]:
         server_metrics = scrape(self.server_url + "/metrics")
-        client_metrics = scrape(self.client_url + "/metrics")
+        client_metrics = _scrape_all(url + "/metrics" for url in self.client_urls)
         return {
             **self.labels,
             "t": time.time(),

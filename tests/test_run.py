@@ -244,3 +244,21 @@ def test_open_model_corrects_for_a_stalling_server(tmp_path: Path) -> None:
     for q in (0.5, 0.9, 0.99):
         assert quantile(q, corrected) >= quantile(q, uncorrected)
     assert quantile(0.5, corrected) > 2 * quantile(0.5, uncorrected)
+
+
+def test_driver_with_several_locust_processes(tmp_path: Path) -> None:
+    """Where there are cores, Locust forks a worker per driver CPU; forced to 2 here, the users
+    must be counted once (not again through the master) and every worker's requests summed."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.cli", "run", "--profile", "smoke",
+         "--servers", "aiohttp", "--scenarios", "plaintext", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={**os.environ, "STACKBENCH_DRIVER_PROCESSES": "2"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["pinning"]["locust_processes"] == 2
+    (run,) = results["runs"]
+    assert [round(step["users"]) for step in run["steps"]] == [4, 32]
+    assert all(step["achieved_rps"] > 0 for step in run["steps"])

@@ -18,6 +18,19 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _timeout(text: str) -> float:
+    seconds = _seconds(text)
+    if seconds < 0.1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a timeout must be at least 0.1 seconds")
+    return seconds
+
+
+def _connections(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a connection count (1-1000000)")
+    return int(text)
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -29,7 +42,14 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from servers.lifecycle import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_HOST, DEFAULT_PORT
+    from servers.lifecycle import (
+        DEFAULT_DRAIN_TIMEOUT_S,
+        DEFAULT_HEADER_TIMEOUT_S,
+        DEFAULT_HOST,
+        DEFAULT_IDLE_TIMEOUT_S,
+        DEFAULT_MAX_CONNECTIONS,
+        DEFAULT_PORT,
+    )
 
     parser = argparse.ArgumentParser(
         prog="stackbench",
@@ -62,6 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, how long in-flight requests get to finish "
         f"(default {DEFAULT_DRAIN_TIMEOUT_S:g})",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=_timeout,
+        default=DEFAULT_IDLE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="close a connection silent this long before or between requests "
+        f"(default {DEFAULT_IDLE_TIMEOUT_S:g})",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=_timeout,
+        default=DEFAULT_HEADER_TIMEOUT_S,
+        metavar="SECONDS",
+        help="close a connection whose request line and headers take longer than this to "
+        f"arrive (default {DEFAULT_HEADER_TIMEOUT_S:g})",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_connections,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="past N open connections, answer new ones 503 and close them "
+        f"(default {DEFAULT_MAX_CONNECTIONS})",
     )
     serve.add_argument("--uvloop", action="store_true", help="aiohttp only: run asyncio on uvloop")
     serve.set_defaults(run=_serve)
@@ -151,6 +195,9 @@ def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         metrics=args.metrics,
         drain_timeout=args.drain_timeout,
+        idle_timeout=args.idle_timeout,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
         uvloop=args.uvloop,
     )
     try:

@@ -17,9 +17,10 @@ import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from servers import contract
 from servers.contract import (
@@ -33,7 +34,14 @@ from servers.contract import (
     Stream,
     legacy_blocking_call,
 )
-from servers.lifecycle import ServeOptions, announce, bind, response_headers, stream_headers
+from servers.lifecycle import (
+    ServeOptions,
+    announce,
+    bind,
+    overloaded_response,
+    response_headers,
+    stream_headers,
+)
 from servers.telemetry import (
     CLIENT_CLOSED_STATUS,
     LAG_INTERVAL_S,
@@ -131,6 +139,72 @@ async def _echo(request: web.BaseRequest) -> Response:
     return Echo.response(b"".join(chunks), request.headers.get("Content-Type"))
 
 
+class _GuardedHandler(web_protocol.RequestHandler):
+    """aiohttp's connection protocol, plus the connection cap and a header timeout.
+
+    aiohttp closes a connection that has not sent a complete request head within its
+    keep-alive timeout (our idle timeout), but has no separate header timeout, so a client
+    trickling its head would hold the connection for the whole idle timeout. This reads two
+    private fields (`_waiter`: the connection is between requests; `_messages`: a head was
+    parsed) and is covered by the slow-client tests."""
+
+    def __init__(self, manager: web.Server, guard: _Guard, **kwargs: object) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if len(self._guard.server.connections) > self._guard.max_connections:
+            self._guard.telemetry.connection_rejected()
+            transport.write(overloaded_response(IMPL))  # type: ignore[attr-defined]
+            self.force_close()  # the transport flushes the 503 before it closes
+
+    def data_received(self, data: bytes) -> None:
+        waiting_for_head = self._waiter is not None and not self._waiter.done()
+        super().data_received(data)
+        if self._messages or not waiting_for_head:
+            self._cancel_head_timer()
+        elif self._head_timer is None:
+            self._head_timer = asyncio.get_running_loop().call_later(
+                self._guard.header_timeout, self._head_too_slow
+            )
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if not self._messages:
+            self.force_close()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+
+@dataclass
+class _Guard:
+    server: web.Server
+    telemetry: Telemetry
+    max_connections: int
+    header_timeout: float
+
+
+class _GuardedServer(web.Server):
+    """aiohttp's low-level server, making _GuardedHandler connections."""
+
+    def __init__(self, handler, *, telemetry: Telemetry, options: ServeOptions, **kwargs) -> None:
+        super().__init__(handler, keepalive_timeout=options.idle_timeout, **kwargs)
+        self._guard = _Guard(self, telemetry, options.max_connections, options.header_timeout)
+        telemetry.limit_connections(options.max_connections)
+
+    def __call__(self) -> _GuardedHandler:
+        return _GuardedHandler(self, self._guard, loop=self._loop, **self._kwargs)
+
+
 def _web_response(response: Response) -> web.Response:
     # aiohttp computes Content-Length itself (and keeps it, without the body, for HEAD).
     headers = [(k, v) for k, v in response_headers(IMPL, response) if k != "Content-Length"]
@@ -161,7 +235,13 @@ async def _serve(sock: socket.socket, options: ServeOptions) -> None:
     )
     app = AiohttpApp(telemetry)
     # asyncio sets TCP_NODELAY on every TCP transport it creates, uvloop too.
-    server = web.Server(app.handle, handler_cancellation=True, access_log=None)
+    server = _GuardedServer(
+        app.handle,
+        telemetry=telemetry,
+        options=options,
+        handler_cancellation=True,
+        access_log=None,
+    )
     runner = web.ServerRunner(server, shutdown_timeout=options.drain_timeout)
     await runner.setup()
     telemetry.count_connections_with(lambda: len(server.connections))

@@ -11,6 +11,7 @@ from gevent import monkey
 monkey.patch_all()
 
 # ruff: noqa: E402  (the imports below must see the patched socket, time and threading)
+import contextlib
 import signal
 import socket
 import time
@@ -37,6 +38,7 @@ from servers.lifecycle import (
     ServeOptions,
     announce,
     bind,
+    overloaded_response,
     reason,
     response_headers,
     set_nodelay,
@@ -58,15 +60,30 @@ class ClientGone(Exception):
     """Thrown into a request's greenlet when its client closes the connection."""
 
 
+class HeadTimeout(OSError):
+    """The request line and headers took longer than the header timeout to arrive. An OSError,
+    so pywsgi treats it as a broken connection and closes it."""
+
+
 class Handler(pywsgi.WSGIHandler):
-    """pywsgi's connection handler, plus TCP_NODELAY, the raw request target and socket for the
-    app, and closing idle keep-alive connections when the server drains."""
+    """pywsgi's connection handler, plus: TCP_NODELAY; the connection cap; idle and header
+    timeouts; the raw request target and socket for the app; and closing idle keep-alive
+    connections when the server drains. (Class attributes: one server per process.)"""
 
     draining = False
-    idle: set[gevent.Greenlet] = set()  # noqa: RUF012 (one server per process)
+    idle: set[gevent.Greenlet] = set()  # noqa: RUF012
+    options = ServeOptions()
+    telemetry: Telemetry
+    connections: gevent.pool.Pool
+    _head_deadline: gevent.Timeout | None = None
 
     def handle(self) -> None:
         set_nodelay(self.socket)
+        if len(Handler.connections) > Handler.options.max_connections:
+            Handler.telemetry.connection_rejected()
+            with contextlib.suppress(OSError):
+                self.socket.sendall(overloaded_response(IMPL))
+            return  # the server closes the socket when this returns
         super().handle()
 
     def read_requestline(self) -> str:
@@ -75,9 +92,36 @@ class Handler(pywsgi.WSGIHandler):
         me = gevent.getcurrent()
         Handler.idle.add(me)
         try:
-            return super().read_requestline()
+            self.socket.settimeout(Handler.options.idle_timeout)
+            if not self.rfile.peek(1):
+                return ""  # the client closed
+        except OSError:
+            return ""  # idle for too long, or reset
         finally:
+            self.socket.settimeout(None)
             Handler.idle.discard(me)
+        # The first byte is in: the whole head must follow within the header timeout.
+        self._head_deadline = gevent.Timeout.start_new(
+            Handler.options.header_timeout, HeadTimeout("request head too slow")
+        )
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline: str) -> bool:
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._cancel_head_deadline()
+
+    def handle_one_request(self):
+        try:
+            return super().handle_one_request()
+        finally:
+            self._cancel_head_deadline()  # paths that never reach read_request (414, errors)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.close()
+            self._head_deadline = None
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
@@ -216,6 +260,8 @@ def serve(options: ServeOptions) -> None:
         options.metrics,
     )
     connections = gevent.pool.Pool()
+    Handler.options, Handler.telemetry, Handler.connections = options, telemetry, connections
+    telemetry.limit_connections(options.max_connections)
     app = App(telemetry, connections)
     server = pywsgi.WSGIServer(listener, app, spawn=connections, handler_class=Handler, log=None)
     if telemetry.enabled:

@@ -9,11 +9,19 @@ import socket
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from servers.contract import IMPL_HEADER, TEXT, Response
+from servers.contract import IMPL_HEADER, JSON, TEXT, Response, error
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_DRAIN_TIMEOUT_S = 10.0
+# A connection that sends nothing for this long (before its first request, or between
+# requests) is closed.
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+# Once a request has begun to arrive, its line and headers must all be in within this long:
+# a client trickling headers a byte at a time (slowloris) is cut off.
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+# Past this many open connections a new one gets a 503 and is closed at once.
+DEFAULT_MAX_CONNECTIONS = 10_000
 LISTEN_BACKLOG = 2048
 
 
@@ -25,6 +33,9 @@ class ServeOptions:
     # On SIGTERM/SIGINT: stop accepting, close idle connections, give in-flight requests this
     # long to finish, then exit 0.
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     uvloop: bool = False  # aiohttp only
 
 
@@ -91,6 +102,17 @@ def response_headers(impl: str, response: Response) -> list[tuple[str, str]]:
     if response.close_connection:
         headers.append(("Connection", "close"))
     return headers
+
+
+def overloaded_response(impl: str) -> bytes:
+    """The whole HTTP response a connection over the cap gets before it is closed, written
+    straight to the socket: no parsing, no task, as cheap as shedding can be."""
+    body = error(503, "too many connections; try again later").body
+    return (
+        f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {JSON}\r\n"
+        f"Content-Length: {len(body)}\r\n{IMPL_HEADER}: {impl}\r\nConnection: close\r\n"
+        "Retry-After: 1\r\n\r\n"
+    ).encode() + body
 
 
 def stream_headers(impl: str) -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
+    Counter,
     Gauge,
     Info,
     disable_created_metrics,
@@ -147,6 +148,16 @@ class Telemetry:
             "Client connections open right now.",
             registry=self.registry,
         )
+        self._connection_limit = Gauge(
+            "http_server_connection_limit",
+            "Open connections allowed; past it new ones get a 503 and are closed.",
+            registry=self.registry,
+        )
+        self._rejected = Counter(
+            "http_server_rejected_connections",
+            "Connections shed because the server was at its connection limit.",
+            registry=self.registry,
+        )
         self._tasks = Gauge(
             "stackbench_tasks",
             "Live tasks (trio, asyncio) or greenlets (gevent) in the server's runtime.",
@@ -171,6 +182,13 @@ class Telemetry:
 
     def count_connections_with(self, count: Callable[[], float]) -> None:
         self._connections.set_function(count)
+
+    def limit_connections(self, limit: int) -> None:
+        self._connection_limit.set(limit)
+        self._rejected.inc(0)  # the series exists before the first rejection
+
+    def connection_rejected(self) -> None:
+        self._rejected.inc()
 
     def request_started(self) -> float:
         self.active_requests += 1
@@ -203,6 +221,12 @@ class DisabledTelemetry(Telemetry):
         pass
 
     def count_connections_with(self, count: Callable[[], float]) -> None:
+        pass
+
+    def limit_connections(self, limit: int) -> None:
+        pass
+
+    def connection_rejected(self) -> None:
         pass
 
     def request_started(self) -> float:

@@ -36,6 +36,7 @@ from servers.lifecycle import (
     ServeOptions,
     announce,
     bind,
+    overloaded_response,
     reason,
     response_headers,
     stream_headers,
@@ -58,8 +59,10 @@ class ClientGone(Exception):
 
 
 class TrioServer:
-    def __init__(self, telemetry: Telemetry) -> None:
+    def __init__(self, telemetry: Telemetry, options: ServeOptions) -> None:
         self.telemetry = telemetry
+        self.options = options
+        telemetry.limit_connections(options.max_connections)
         self.open_connections = 0
         self.draining = False
         self.connections: set[_Connection] = set()
@@ -69,6 +72,12 @@ class TrioServer:
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         # trio's SocketStream already sets TCP_NODELAY.
+        if self.open_connections >= self.options.max_connections:
+            self.telemetry.connection_rejected()
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(overloaded_response(IMPL))
+            await trio.aclose_forcefully(stream)
+            return
         connection = _Connection(self, stream)
         self.connections.add(connection)
         self.open_connections += 1
@@ -118,12 +127,23 @@ class _Connection:
             await self._send_error(500, "internal error")
 
     async def _next_request(self) -> h11.Request | None:
-        """Wait for the next request; None when the client or a drain ends the connection."""
-        self.idle = True
-        try:
-            event = await self._next_event()
-        finally:
-            self.idle = False
+        """Wait for the next request; None when the client, a timeout or a drain ends the
+        connection."""
+        options = self.server.options
+        event = self.http.next_event()  # a pipelined request may already be buffered
+        if event is h11.NEED_DATA:
+            self.idle = True
+            try:
+                with trio.move_on_after(options.idle_timeout) as waiting:
+                    data = await self.stream.receive_some(RECEIVE_BYTES)
+            finally:
+                self.idle = False
+            if waiting.cancelled_caught:
+                return None  # idle for too long
+            self.http.receive_data(data)
+            # The head has begun: all of it must arrive within the header timeout.
+            with trio.move_on_after(options.header_timeout):
+                event = await self._next_event()
         return event if isinstance(event, h11.Request) else None
 
     async def _next_event(self) -> h11.Event:
@@ -300,7 +320,7 @@ async def _serve(sock: socket.socket, options: ServeOptions) -> None:
     telemetry = make_telemetry(
         ServerInfo(IMPL, "trio", trio.__version__, f"h11 {h11.__version__}"), options.metrics
     )
-    server = TrioServer(telemetry)
+    server = TrioServer(telemetry, options)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as background:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl
 
 IMPLS = ("gevent", "trio", "aiohttp")
@@ -56,11 +56,8 @@ class Response:
     body: bytes
     content_type: str
     headers: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def close_connection(self) -> bool:
-        """True when the request body may still be unread, so the connection cannot be reused."""
-        return self.status == 413
+    # The request body may be unread or broken: the connection cannot carry another request.
+    close_connection: bool = False
 
 
 def json_response(
@@ -142,7 +139,14 @@ class Echo:
 
     @staticmethod
     def too_large() -> Response:
-        return error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        return replace(
+            error(413, f"body larger than {MAX_BODY_BYTES} bytes"), close_connection=True
+        )
+
+    @staticmethod
+    def incomplete() -> Response:
+        """The client stopped sending before the body it announced was complete."""
+        return replace(error(400, "request body ended early"), close_connection=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ from servers.telemetry import (
 )
 
 IMPL = "gevent"
+SHED_LINGER_S = 0.5  # how long a shed connection may take to read its 503
 
 
 class ClientGone(Exception):
@@ -81,8 +82,14 @@ class Handler(pywsgi.WSGIHandler):
         set_nodelay(self.socket)
         if len(Handler.connections) > Handler.options.max_connections:
             Handler.telemetry.connection_rejected()
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, gevent.Timeout):
                 self.socket.sendall(overloaded_response(IMPL))
+                # Half-close, then read what the client sent: closing with unread input would
+                # send a reset that can destroy the 503 before the client reads it.
+                self.socket.shutdown(socket.SHUT_WR)
+                with gevent.Timeout(SHED_LINGER_S):
+                    while self.socket.recv(65536):
+                        pass
             return  # the server closes the socket when this returns
         super().handle()
 
@@ -210,7 +217,10 @@ class App:
         declared = environ.get("CONTENT_LENGTH")
         if declared and int(declared) > contract.MAX_BODY_BYTES:
             return Echo.too_large()  # refuse before reading a byte of it
-        body = environ["wsgi.input"].read(contract.MAX_BODY_BYTES + 1)
+        try:
+            body = environ["wsgi.input"].read(contract.MAX_BODY_BYTES + 1)
+        except OSError:  # pywsgi: end of file before Content-Length, or a broken chunk
+            return Echo.incomplete()
         if len(body) > contract.MAX_BODY_BYTES:
             return Echo.too_large()
         return Echo.response(body, environ.get("CONTENT_TYPE"))

@@ -52,6 +52,7 @@ from servers.telemetry import (
 
 IMPL = "trio"
 RECEIVE_BYTES = 64 * 1024
+SHED_LINGER_S = 0.5  # how long a shed connection may take to read its 503
 
 
 class ClientGone(Exception):
@@ -76,6 +77,12 @@ class TrioServer:
             self.telemetry.connection_rejected()
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(overloaded_response(IMPL))
+                # Half-close, then read what the client sent: closing with unread input would
+                # send a reset that can destroy the 503 before the client reads it.
+                await stream.send_eof()
+                with trio.move_on_after(SHED_LINGER_S):
+                    while await stream.receive_some(RECEIVE_BYTES):
+                        pass
             await trio.aclose_forcefully(stream)
             return
         connection = _Connection(self, stream)

@@ -1,0 +1,213 @@
+"""Servers under abuse: slow clients, oversized and lying input, malformed HTTP, overload.
+Each test runs its own server with small limits, on loopback, bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+
+import psutil
+import pytest
+from httpclient import get, metrics, sample_value, timed_get, wait_until
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loadtest.serverproc import ServerProcess
+
+HEADER_TIMEOUT_S = 2.0
+SLOW_CLIENTS = 200
+
+
+async def _trickle(port: int, seconds: float) -> str:
+    """Send a request head one byte per second; say how the server ended it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = b"GET /json HTTP/1.1\r\nHost: slow\r\nX-Padding: " + b"x" * 100
+    started = time.monotonic()
+    try:
+        for byte in head:
+            if time.monotonic() - started > seconds:
+                return "still open"
+            writer.write(bytes([byte]))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(reader.read(1), timeout=1.0) == b"" or reader.at_eof():
+                    return "closed"
+        return "still open"
+    except (ConnectionError, OSError):
+        return "closed"
+    finally:
+        writer.close()
+
+
+async def _slowloris_while_serving(port: int) -> tuple[list[str], list[float]]:
+    slow = [asyncio.create_task(_trickle(port, HEADER_TIMEOUT_S * 3)) for _ in range(SLOW_CLIENTS)]
+    await asyncio.sleep(0.5)
+    latencies = []
+    for _ in range(5):
+        latency, reply = await asyncio.to_thread(timed_get, port, "/json")
+        assert reply.status == 200
+        latencies.append(latency)
+        await asyncio.sleep(0.2)
+    return await asyncio.gather(*slow), latencies
+
+
+def test_slow_clients_neither_block_others_nor_stay(impl: str) -> None:
+    args = ("--header-timeout", str(HEADER_TIMEOUT_S), "--idle-timeout", "30")
+    with ServerProcess(impl, extra_args=args) as server:
+        endings, latencies = asyncio.run(_slowloris_while_serving(server.port))
+        # Others were served promptly while 200 heads trickled in...
+        assert max(latencies) < HEADER_TIMEOUT_S / 2, latencies
+        # ...and the server cut every trickling client off at its header timeout.
+        assert endings.count("closed") == SLOW_CLIENTS, endings
+        assert get(server.port, "/healthz").status == 200
+
+
+def test_idle_connections_are_closed(impl: str) -> None:
+    with (
+        ServerProcess(impl, extra_args=("--idle-timeout", "1")) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle,
+    ):
+        started = time.monotonic()
+        assert idle.recv(1) == b""  # closed by the server, not by our 10 s timeout
+        assert time.monotonic() - started < 5
+
+
+@pytest.fixture(scope="module", params=["gevent", "trio", "aiohttp"])
+def limited(request: pytest.FixtureRequest):
+    with ServerProcess(request.param, extra_args=("--max-connections", "20")) as server:
+        yield server
+
+
+def _exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+        chunks = []
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_oversized_header_block_is_refused(limited: ServerProcess) -> None:
+    head = (
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 70_000 + b"\r\nConnection: close\r\n\r\n"
+    )
+    answer = _exchange(limited.port, head)
+    assert answer == b"" or answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:100]
+    assert get(limited.port, "/healthz").status == 200
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        # declares 100 bytes, sends 10, half-closes
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789",
+        # declares 10 bytes, sends 100: the rest is garbage where the next request should be
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n" + b"z" * 100,
+        # not a number
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: lots\r\n\r\nabc",
+    ],
+    ids=["short", "long", "nonsense"],
+)
+def test_lying_content_length_is_a_clean_close(limited: ServerProcess, wire: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as sock:
+        sock.sendall(wire)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert b" 500 " not in answer
+    assert get(limited.port, "/healthz").status == 200
+
+
+def test_connections_past_the_cap_get_503(limited: ServerProcess) -> None:
+    before = sample_value(limited.port, "http_server_rejected_connections_total")
+    held = [socket.create_connection(("127.0.0.1", limited.port), timeout=5) for _ in range(20)]
+    try:
+        assert wait_until(lambda: _over_cap_answer(limited.port) is not None, timeout=10)
+        answers = [_over_cap_answer(limited.port) for _ in range(30)]
+    finally:
+        for sock in held:
+            sock.close()
+    assert all(a is not None and a.startswith(b"HTTP/1.1 503") for a in answers), answers[:3]
+    assert wait_until(lambda: get(limited.port, "/healthz").status == 200, timeout=10)
+    families = metrics(limited.port)
+    assert sample_value(families, "http_server_connection_limit") == 20
+    assert sample_value(families, "http_server_rejected_connections_total") >= before + 30
+
+
+def _over_cap_answer(port: int) -> bytes | None:
+    try:
+        answer = _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", timeout=2)
+    except OSError:
+        return None
+    return answer if answer.startswith(b"HTTP/1.1 503") else None
+
+
+VALID = [
+    b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /sleep?ms=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"GET /fanout?n=3&ms=1 HTTP/1.0\r\n\r\n",
+]
+
+
+@st.composite
+def mutated_requests(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(VALID)))
+    for _ in range(draw(st.integers(1, 6))):
+        position = draw(st.integers(0, len(data)))
+        action = draw(st.sampled_from(["flip", "insert", "delete", "duplicate"]))
+        if action == "flip" and position < len(data):
+            data[position] = draw(st.integers(0, 255))
+        elif action == "insert":
+            data[position:position] = draw(st.binary(min_size=1, max_size=20))
+        elif action == "delete":
+            del data[position : position + draw(st.integers(1, 10))]
+        elif action == "duplicate":
+            data[position:position] = data[position : position + draw(st.integers(1, 40))]
+    return bytes(data)
+
+
+FUZZ_CASES = 120
+FUZZ_SILENCE_S = 0.15
+
+
+@pytest.mark.parametrize("impl_name", ["gevent", "trio", "aiohttp"])
+def test_fuzzed_requests_never_get_500_nor_hurt_the_server(impl_name: str) -> None:
+    with ServerProcess(impl_name, extra_args=("--header-timeout", "1")) as server:
+        rss_before = psutil.Process(server.pid).memory_info().rss
+        statuses: list[bytes] = []
+
+        @settings(
+            max_examples=FUZZ_CASES, deadline=None, database=None,
+            suppress_health_check=list(HealthCheck),
+        )  # fmt: skip
+        @given(st.one_of(mutated_requests(), st.binary(min_size=1, max_size=300)))
+        def throw(wire: bytes) -> None:
+            # No half-close (aiohttp takes end-of-file as the client gone and answers nothing):
+            # read until the server closes, or falls silent for a moment.
+            with socket.create_connection(("127.0.0.1", server.port), timeout=3) as sock:
+                with contextlib.suppress(OSError):
+                    sock.sendall(wire)
+                sock.settimeout(FUZZ_SILENCE_S)
+                answer = b""
+                with contextlib.suppress(OSError):
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+            for status_line in answer.split(b"\r\n"):
+                if status_line.startswith(b"HTTP/1."):
+                    statuses.append(status_line[9:12])
+            assert b"HTTP/1.1 500" not in answer and b"HTTP/1.0 500" not in answer, wire
+
+        throw()
+        assert server.process.poll() is None, server.stderr_tail()
+        assert get(server.port, "/healthz").status == 200
+        rss_after = psutil.Process(server.pid).memory_info().rss
+        assert rss_after < rss_before + 50 * 2**20, (rss_before, rss_after)
+        assert statuses, "no case got an answer at all"

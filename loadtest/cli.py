@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 import time
@@ -16,6 +17,13 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
     return int(text)
+
+
+def _step_seconds(text: str) -> float:
+    seconds = _seconds(text)
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a load level lasts at least 1 second")
+    return seconds
 
 
 def _timeout(text: str) -> float:
@@ -108,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_MAX_CONNECTIONS})",
     )
     serve.add_argument("--uvloop", action="store_true", help="aiohttp only: run asyncio on uvloop")
+    serve.add_argument(
+        "--no-cancel-on-disconnect",
+        dest="cancel_on_disconnect",
+        action="store_false",
+        help="aiohttp only: let handlers run on after their client has gone (aiohttp's "
+        "default; stackbench cancels them, as gevent and trio do)",
+    )
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(
@@ -150,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         "standard (3 repeats), full",
     )
     run.add_argument("--repeat", type=_count, help="repeat the whole run N times (medians)")
+    run.add_argument(
+        "--step-seconds",
+        type=_step_seconds,
+        help="seconds per load level (default: the profile's)",
+    )
     run.add_argument("--out", type=Path, help="output directory (default results/<timestamp>)")
     run.set_defaults(run=_run)
 
@@ -186,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> None:
     if args.uvloop and args.impl != "aiohttp":
         _fail("--uvloop applies to the aiohttp server only")
+    if not args.cancel_on_disconnect and args.impl != "aiohttp":
+        _fail("--no-cancel-on-disconnect applies to the aiohttp server only")
     # Import the server first: gevent's must monkey-patch before the rest loads.
     server = importlib.import_module(SERVER_MODULES[args.impl])
     from servers.lifecycle import ServeError, ServeOptions
@@ -199,6 +221,7 @@ def _serve(args: argparse.Namespace) -> None:
         header_timeout=args.header_timeout,
         max_connections=args.max_connections,
         uvloop=args.uvloop,
+        cancel_on_disconnect=args.cancel_on_disconnect,
     )
     try:
         server.serve(options)
@@ -228,6 +251,8 @@ def _run(args: argparse.Namespace) -> None:
     servers = [s for s in args.servers.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
     profile = PROFILES[args.profile]
+    if args.step_seconds:
+        profile = dataclasses.replace(profile, step_seconds=args.step_seconds)
     try:
         run.validate(servers, scenarios)
         plan = run.Plan(

@@ -92,10 +92,16 @@ _role = "local"
 _scenario = "unknown"
 
 
-def install(environment: Environment, scenario: str) -> None:
-    """Export this process's metrics; called from a Locust file's `init` event."""
-    global _role, _scenario
+def name_scenario(scenario: str) -> None:
+    """The `scenario` label; set when the Locust file loads, before any request can fire."""
+    global _scenario
     _scenario = scenario
+
+
+def install(environment: Environment) -> None:
+    """Export this process's metrics; called from a Locust file's `init` event."""
+    global _role
+    scenario = _scenario
     runner = environment.runner
     if isinstance(runner, MasterRunner):
         _role = "master"

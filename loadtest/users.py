@@ -10,6 +10,7 @@ Configuration comes from the environment, so the same Locust file serves the web
 runs, master/worker setups and `stackbench run`:
 
     STACKBENCH_TARGETS        name=url,... (default: Locust's --host, named by its host:port)
+    STACKBENCH_ALLOW_REMOTE   1 to allow targets that are not loopback addresses
     STACKBENCH_MODEL          closed (default) | open
     STACKBENCH_RATE           open model: arrivals per second per user (default 50)
     STACKBENCH_MAX_IN_FLIGHT  open model: per user; arrivals beyond it are dropped (default 1000)
@@ -24,6 +25,7 @@ runs, master/worker setups and `stackbench run`:
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import random
@@ -55,14 +57,29 @@ class ConfigError(ValueError):
     pass
 
 
-def parse_targets(spec: str) -> list[Target]:
-    """`gevent=http://h:1,trio=http://h:2` (or bare URLs, named by host:port)."""
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: not resolved here, so it is not assumed to be local
+
+
+def parse_targets(spec: str, allow_remote: bool = False) -> list[Target]:
+    """`gevent=http://h:1,trio=http://h:2` (or bare URLs, named by host:port). Load goes to
+    loopback addresses only unless `allow_remote` (STACKBENCH_ALLOW_REMOTE=1) says otherwise."""
     targets = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, url = item.rpartition("=") if "=" in item else ("", "", item)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"target {item!r} is not name=http://host:port")
+        if not allow_remote and not is_loopback(parts.hostname or ""):
+            raise ConfigError(
+                f"target {url} is not a loopback address; to load another host on purpose, "
+                "set STACKBENCH_ALLOW_REMOTE=1"
+            )
         targets.append(Target(name or parts.netloc, url.rstrip("/")))
     if not targets:
         raise ConfigError("no targets: set STACKBENCH_TARGETS or pass --host")
@@ -90,13 +107,16 @@ class _Targets:
         self.targets: list[Target] = []
 
     def configure(self, spec: str) -> None:
-        self.targets = parse_targets(spec)
+        allow_remote = os.environ.get("STACKBENCH_ALLOW_REMOTE") == "1"
+        self.targets = parse_targets(spec, allow_remote)
         for target in self.targets:
             client_metrics.touch_target(target.name)
 
     def next(self, environment: Environment) -> Target:
-        if not self.targets:  # the host may only arrive with the start (web UI, master)
-            self.configure(environment.host or "")
+        if not self.targets:
+            # Configured here, not only at `init`: a forked worker may be told to spawn users
+            # before its init listeners have run, and the host may only arrive with the start.
+            self.configure(os.environ.get("STACKBENCH_TARGETS") or environment.host or "")
         return self.targets[next(self._turn) % len(self.targets)]
 
 
@@ -267,9 +287,11 @@ def scenario_classes(name: str) -> tuple[type[User], type[LoadTestShape] | None]
         print(f"stackbench: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
+    client_metrics.name_scenario(scenario.name)
+
     @events.init.add_listener
     def _setup(environment: Environment, **_: object) -> None:
-        client_metrics.install(environment, scenario.name)
+        client_metrics.install(environment)
         spec = os.environ.get("STACKBENCH_TARGETS")
         if spec:
             try:

@@ -239,7 +239,7 @@ async def _serve(sock: socket.socket, options: ServeOptions) -> None:
         app.handle,
         telemetry=telemetry,
         options=options,
-        handler_cancellation=True,
+        handler_cancellation=options.cancel_on_disconnect,
         access_log=None,
     )
     runner = web.ServerRunner(server, shutdown_timeout=options.drain_timeout)

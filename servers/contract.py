@@ -145,8 +145,8 @@ class Echo:
 
     @staticmethod
     def incomplete() -> Response:
-        """The client stopped sending before the body it announced was complete."""
-        return replace(error(400, "request body ended early"), close_connection=True)
+        """The body ended before its announced length, or its chunked framing is broken."""
+        return replace(error(400, "request body incomplete or malformed"), close_connection=True)
 
 
 @dataclass(frozen=True, slots=True)

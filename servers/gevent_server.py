@@ -219,7 +219,7 @@ class App:
             return Echo.too_large()  # refuse before reading a byte of it
         try:
             body = environ["wsgi.input"].read(contract.MAX_BODY_BYTES + 1)
-        except OSError:  # pywsgi: end of file before Content-Length, or a broken chunk
+        except (OSError, ValueError):  # pywsgi: body ended early, or a chunk size is garbage
             return Echo.incomplete()
         if len(body) > contract.MAX_BODY_BYTES:
             return Echo.too_large()

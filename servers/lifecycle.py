@@ -37,6 +37,9 @@ class ServeOptions:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     uvloop: bool = False  # aiohttp only
+    # aiohttp only: keep running a handler whose client has gone (aiohttp's own default), to
+    # measure what cancelling saves. gevent and trio always cancel.
+    cancel_on_disconnect: bool = True
 
 
 class ServeError(Exception):

@@ -4,10 +4,12 @@ the open model's correction for coordinated omission."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from loadtest.analysis import quantile, sum_routes
@@ -251,7 +254,8 @@ def test_driver_with_several_locust_processes(tmp_path: Path) -> None:
     must be counted once (not again through the master) and every worker's requests summed."""
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "loadtest.cli", "run", "--profile", "smoke",
+        # Longer steps: users reach each level through the master, about a second late.
+        [sys.executable, "-m", "loadtest.cli", "run", "--profile", "smoke", "--step-seconds", "4",
          "--servers", "aiohttp", "--scenarios", "plaintext", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
         env={**os.environ, "STACKBENCH_DRIVER_PROCESSES": "2"},
@@ -262,3 +266,97 @@ def test_driver_with_several_locust_processes(tmp_path: Path) -> None:
     (run,) = results["runs"]
     assert [round(step["users"]) for step in run["steps"]] == [4, 32]
     assert all(step["achieved_rps"] > 0 for step in run["steps"])
+
+
+def _child_server(run: subprocess.Popen, impl: str) -> psutil.Process | None:
+    for child in psutil.Process(run.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if f"serve {impl}" in " ".join(child.cmdline()):
+                return child
+    return None
+
+
+def test_a_server_killed_mid_run_is_recorded_and_the_run_moves_on(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "loadtest.cli", "run", "--profile", "smoke",
+         "--servers", "trio,aiohttp", "--scenarios", "plaintext,echo", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    samples = out / "samples.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+        not samples.exists() or samples.read_text().count('"type":"sample"') < 4
+    ):
+        time.sleep(0.2)
+    victim = _child_server(run, "trio")
+    assert victim is not None, "the trio server was not found among the run's children"
+    victim.kill()
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    failures = results["lost"]["failures"]
+    assert {f["server"] for f in failures} == {"trio"}
+    assert any("exited" in f["error"] for f in failures)
+    by_server = {(r["server"], r["scenario"]): r for r in results["runs"]}
+    assert by_server[("trio", "plaintext")]["samples"] > 0  # what was measured is kept
+    assert all(by_server[("aiohttp", s)]["status"] == "ok" for s in ("plaintext", "echo"))
+    report = (out / "report.html").read_text()
+    assert "Gaps" in report and "exited" in report
+    assert not results["complete"]
+
+
+def test_sigterm_stops_the_run_like_ctrl_c(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "loadtest.cli", "run", "--profile", "smoke",
+         "--servers", "gevent", "--scenarios", "plaintext,echo", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    samples = out / "samples.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+        not samples.exists() or samples.read_text().count('"type":"sample"') < 4
+    ):
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130 and "partial results" in stderr
+    assert json.loads((out / "results.json").read_text())["interrupted"]
+    assert _no_stray_processes(run.pid)
+
+
+def _no_stray_processes(pid: int) -> bool:
+    """Nothing the run started (servers, Locust) outlives it."""
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "loadtest.cli serve" in cmdline and process.ppid() == pid:
+            return False
+    return True
+
+
+def test_a_profile_that_cannot_fit_the_fd_limit_is_refused(tmp_path: Path) -> None:
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.cli", "run", "--profile", "quick",
+         "--scenarios", "io_hold", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, preexec_fn=low_limit,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "file descriptors" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_locust_refuses_a_target_that_is_not_loopback(tmp_path: Path) -> None:
+    # `.invalid` never resolves: even a broken check could not send traffic anywhere.
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "locust"),
+         "-f", str(ROOT / "loadtest/locustfiles/plaintext.py"), "--headless", "-t", "2s"],
+        env={**os.environ, "STACKBENCH_TARGETS": "far=http://remote.invalid:8080",
+             "STACKBENCH_CLIENT_METRICS_PORT": "0"},
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "not a loopback address" in done.stderr and "STACKBENCH_ALLOW_REMOTE" in done.stderr

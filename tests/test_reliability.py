@@ -126,10 +126,16 @@ def test_lying_content_length_is_a_clean_close(limited: ServerProcess, wire: byt
 
 def test_connections_past_the_cap_get_503(limited: ServerProcess) -> None:
     before = sample_value(limited.port, "http_server_rejected_connections_total")
+    rss_before = psutil.Process(limited.pid).memory_info().rss
     held = [socket.create_connection(("127.0.0.1", limited.port), timeout=5) for _ in range(20)]
     try:
         assert wait_until(lambda: _over_cap_answer(limited.port) is not None, timeout=10)
         answers = [_over_cap_answer(limited.port) for _ in range(30)]
+        shed_burst = [socket.create_connection(("127.0.0.1", limited.port)) for _ in range(300)]
+        for sock in shed_burst:
+            sock.close()
+        rss_after = psutil.Process(limited.pid).memory_info().rss
+        assert rss_after < rss_before + 20 * 2**20, (rss_before, rss_after)  # shedding is cheap
     finally:
         for sock in held:
             sock.close()
@@ -211,3 +217,22 @@ def test_fuzzed_requests_never_get_500_nor_hurt_the_server(impl_name: str) -> No
         rss_after = psutil.Process(server.pid).memory_info().rss
         assert rss_after < rss_before + 50 * 2**20, (rss_before, rss_after)
         assert statuses, "no case got an answer at all"
+
+
+def test_aiohttp_default_keeps_working_for_a_client_that_left() -> None:
+    """What stackbench's choice (handler_cancellation=True) saves: with aiohttp's default the
+    handler runs to the end for nobody, recorded as a 200 rather than a 499."""
+
+    def count(port: int, status: str) -> float:
+        return sample_value(
+            port, "http_server_request_duration_seconds_count", route="/sleep", status=status
+        )
+
+    with ServerProcess("aiohttp", extra_args=("--no-cancel-on-disconnect",)) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET /sleep?ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.3)
+        left = time.monotonic()
+        assert wait_until(lambda: count(server.port, "200") == 1, timeout=10)
+        assert time.monotonic() - left > 1.0  # it slept on after the client had gone
+        assert count(server.port, "499") == 0

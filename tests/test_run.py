@@ -219,6 +219,9 @@ def test_interrupted_run_keeps_what_it_measured(tmp_path: Path) -> None:
     assert results["lost"]["not_measured"]
     assert any(step for run in results["runs"] for step in run["steps"])
     assert "interrupted" in (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    rebuilt = _stackbench("report", str(out), timeout=60)
+    assert rebuilt.returncode == 0 and (out / "report.html").is_file(), rebuilt.stderr
 
 
 def test_open_model_corrects_for_a_stalling_server(tmp_path: Path) -> None:

@@ -195,24 +195,30 @@ def test_bad_input_is_one_line_exit_2(args: tuple[str, ...], message: str) -> No
     assert "Traceback" not in done.stderr
 
 
-def test_interrupted_run_keeps_what_it_measured(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def _start_run(out: Path, servers: str, samples: int) -> subprocess.Popen:
+    """A smoke run of plaintext and echo, returned once it has written `samples` samples."""
     run = subprocess.Popen(
         [sys.executable, "-m", "loadtest.cli", "run", "--profile", "smoke",
-         "--servers", "trio,gevent", "--scenarios", "plaintext,echo", "--out", str(out)],
+         "--servers", servers, "--scenarios", "plaintext,echo", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
-    samples = out / "samples.jsonl"
+    written = out / "samples.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (
-        not samples.exists() or samples.read_text().count('"type":"sample"') < 8
+        not written.exists() or written.read_text().count('"type":"sample"') < samples
     ):
         time.sleep(0.2)
+    return run
+
+
+def test_interrupted_run_keeps_what_it_measured(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = _start_run(out, "trio,gevent", samples=8)
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130
     assert "partial results" in stderr and "Traceback" not in stderr
-    for line in samples.read_text().splitlines():
+    for line in (out / "samples.jsonl").read_text().splitlines():
         json.loads(line)  # every line is valid JSON
     results = json.loads((out / "results.json").read_text())
     assert results["interrupted"] and not results["complete"]
@@ -281,17 +287,7 @@ def _child_server(run: subprocess.Popen, impl: str) -> psutil.Process | None:
 
 def test_a_server_killed_mid_run_is_recorded_and_the_run_moves_on(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "loadtest.cli", "run", "--profile", "smoke",
-         "--servers", "trio,aiohttp", "--scenarios", "plaintext,echo", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
-    samples = out / "samples.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (
-        not samples.exists() or samples.read_text().count('"type":"sample"') < 4
-    ):
-        time.sleep(0.2)
+    run = _start_run(out, "trio,aiohttp", samples=4)
     victim = _child_server(run, "trio")
     assert victim is not None, "the trio server was not found among the run's children"
     victim.kill()
@@ -311,17 +307,7 @@ def test_a_server_killed_mid_run_is_recorded_and_the_run_moves_on(tmp_path: Path
 
 def test_sigterm_stops_the_run_like_ctrl_c(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "loadtest.cli", "run", "--profile", "smoke",
-         "--servers", "gevent", "--scenarios", "plaintext,echo", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
-    samples = out / "samples.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (
-        not samples.exists() or samples.read_text().count('"type":"sample"') < 4
-    ):
-        time.sleep(0.2)
+    run = _start_run(out, "gevent", samples=4)
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130 and "partial results" in stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.scenarios import BLOCKING_MS
+from servers.contract import IMPLS
 
 COLOURS = {
     "gevent": "#2ca02c",
@@ -121,7 +122,7 @@ def line_chart(
     )
     for index, (name, values) in enumerate(series.items()):
         colour = COLOURS.get(name, OTHER_COLOUR)
-        ordered = sorted(values)
+        ordered = values  # in load order: throughput need not rise with load
         path = " ".join(f"{x(px):.1f},{y(py):.1f}" for px, py, _ in ordered)
         parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
         for px, py, hollow in ordered:
@@ -130,8 +131,9 @@ def line_chart(
                 f'<circle cx="{x(px):.1f}" cy="{y(py):.1f}" r="3.5" fill="{fill}" '
                 f'stroke="{colour}" stroke-width="1.5"/>'
             )
-        legend_x = width - right - 90
-        legend_y = top + 4 + 14 * index
+        # On the title line, right-aligned, so it never covers a point.
+        legend_x = width - right - 70 * (len(series) - index)
+        legend_y = 9
         parts.append(
             f'<rect x="{legend_x}" y="{legend_y}" width="10" height="10" fill="{colour}"/>'
             f'<text x="{legend_x + 14}" y="{legend_y + 9}">{html.escape(name)}</text>'
@@ -165,7 +167,15 @@ def bar_chart(title: str, bars: list[tuple[str, float]], width: int = 640) -> st
 
 
 def _runs(results: dict, scenario: str, model: str) -> list[dict]:
-    return [r for r in results["runs"] if r["scenario"] == scenario and r["model"] == model]
+    """The first repeat's runs of a scenario, servers in their usual order (a chart draws one
+    line per server; the headline table holds the medians)."""
+    order = {impl: index for index, impl in enumerate(IMPLS)}
+    runs = [
+        r
+        for r in results["runs"]
+        if r["scenario"] == scenario and r["model"] == model and r["repeat"] == 0
+    ]
+    return sorted(runs, key=lambda r: order.get(r["server"], len(order)))
 
 
 def _chart_latency_vs_load(results: dict) -> str:
@@ -191,14 +201,16 @@ def _chart_memory(results: dict) -> str:
 def _chart_lag(results: dict) -> str:
     series: dict[str, list] = {}
     for run in _runs(results, "starvation", "closed"):
-        if run["repeat"] == 0:
-            series[run["server"]] = [(t, lag, False) for t, lag in run.get("lag_series", [])]
+        series[run["server"]] = [(t, lag, False) for t, lag in run.get("lag_series", [])]
     return line_chart("Scheduler lag over time (starvation)", "seconds", "lag p99 ms", series)
 
 
 def _headline_table(results: dict) -> str:
     rows = []
-    for server, figures in results["headline"].items():
+    order = {impl: index for index, impl in enumerate(IMPLS)}
+    for server, figures in sorted(
+        results["headline"].items(), key=lambda item: order.get(item[0], len(order))
+    ):
         colour = COLOURS.get(server, OTHER_COLOUR)
         ceiling = _cell(figures.get("ceiling_rps"), digits=0)
         if figures.get("ceiling_driver_bound"):

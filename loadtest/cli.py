@@ -230,7 +230,8 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from loadtest.demo import ServerStartError, run_demo
+    from loadtest.demo import run_demo
+    from loadtest.serverproc import ServerStartError
 
     try:
         run_demo(args.base_port, args.duration)

@@ -9,7 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 
-from loadtest.serverproc import ServerProcess, ServerStartError
+from loadtest.serverproc import ServerProcess
 from servers.contract import IMPLS
 
 SMOKE_TARGETS = ("/", "/json", "/sleep?ms=10", "/fanout?n=10&ms=10", "/cpu?n=1000", "/nope")
@@ -48,6 +48,3 @@ def run_demo(base_port: int, duration: float | None) -> None:
         stop.wait(duration)
         print("Stopping: each server drains its in-flight requests.")
     print("Stopped.")
-
-
-__all__ = ["ServerStartError", "run_demo"]

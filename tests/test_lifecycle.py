@@ -4,6 +4,7 @@ one-line errors. Each test starts its own server process, since it ends it."""
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import socket
 import subprocess
@@ -125,3 +126,12 @@ def test_aiohttp_on_uvloop() -> None:
         assert get(server.port, "/sleep?ms=5").status == 200
         info = metrics(server.port)["stackbench_server_info"].samples[0].labels
         assert info["runtime"] == "uvloop"
+
+
+def test_demo_starts_all_three_and_shows_they_agree() -> None:
+    base = 20_000 + (os.getpid() % 1000) * 3
+    result = _stackbench("demo", "--base-port", str(base), "--duration", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("identical") == 6 and "DIFFERENT" not in result.stdout
+    for offset, impl in enumerate(("gevent", "trio", "aiohttp")):
+        assert f"{impl}" in result.stdout and f":{base + offset}" in result.stdout

@@ -308,20 +308,16 @@ def test_a_server_killed_mid_run_is_recorded_and_the_run_moves_on(tmp_path: Path
 def test_sigterm_stops_the_run_like_ctrl_c(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run = _start_run(out, "gevent", samples=4)
+    started = psutil.Process(run.pid).children(recursive=True)  # its server and Locust
+    assert started
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130 and "partial results" in stderr
     assert json.loads((out / "results.json").read_text())["interrupted"]
-    assert _no_stray_processes(run.pid)
-
-
-def _no_stray_processes(pid: int) -> bool:
-    """Nothing the run started (servers, Locust) outlives it."""
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "loadtest.cli serve" in cmdline and process.ppid() == pid:
-            return False
-    return True
+    # Nothing the run started outlives it (checked on the processes themselves: once the run
+    # has exited, an orphan would no longer name it as its parent).
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
 
 
 def test_a_profile_that_cannot_fit_the_fd_limit_is_refused(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.serverproc import ServerProcess
+from loadtest.orchestrator.serverproc import ServerProcess
 
 WORK_S = 3.0
 ROUTES = {

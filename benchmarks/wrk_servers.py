@@ -24,7 +24,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loadtest.serverproc import ServerProcess
+from loadtest.orchestrator.serverproc import ServerProcess
 from servers.contract import IMPLS
 
 NAGLE_SUSPECT_RPS = 2000  # ~40 ms per response per connection looks like this

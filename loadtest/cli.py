@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo)
 
-    from loadtest.profiles import CORE_SCENARIOS, PROFILES
+    from loadtest.orchestrator.profiles import CORE_SCENARIOS, PROFILES
     from servers.contract import IMPLS
 
     run = commands.add_parser(
@@ -230,8 +230,8 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from loadtest.demo import run_demo
-    from loadtest.serverproc import ServerStartError
+    from loadtest.orchestrator.demo import run_demo
+    from loadtest.orchestrator.serverproc import ServerStartError
 
     try:
         run_demo(args.base_port, args.duration)
@@ -246,8 +246,8 @@ def _count(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from loadtest import run
-    from loadtest.profiles import PROFILES
+    from loadtest.orchestrator import run
+    from loadtest.orchestrator.profiles import PROFILES
 
     servers = [s for s in args.servers.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -274,7 +274,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from loadtest import report, results
+    from loadtest.reporting import report, results
 
     try:
         built = results.build(args.dir)
@@ -285,7 +285,7 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from loadtest import analysis, results
+    from loadtest.reporting import analysis, results
 
     try:
         before, after = results.load(args.before), results.load(args.after)
@@ -306,7 +306,7 @@ def _scale(text: str) -> float:
 
 
 def _tasks(args: argparse.Namespace) -> None:
-    from loadtest import tasks
+    from loadtest.orchestrator import tasks
 
     try:
         depths = tuple(int(d) for d in args.depths.split(","))

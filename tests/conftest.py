@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from loadtest.serverproc import ServerProcess
+from loadtest.orchestrator.serverproc import ServerProcess
 from servers.contract import IMPLS
 
 

@@ -136,7 +136,7 @@ def test_every_command_is_a_real_cli_invocation(compose: dict) -> None:
 
 
 def test_every_scenario_has_a_locust_file() -> None:
-    from loadtest.scenarios import SCENARIOS
+    from loadtest.driver.scenarios import SCENARIOS
 
     files = {p.stem for p in (ROOT / "loadtest" / "locustfiles").glob("*.py")} - {"__init__"}
     assert files == set(SCENARIOS)

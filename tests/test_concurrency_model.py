@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from httpclient import get, metrics, sample_value, timed_get, wait_until
 
-from loadtest.serverproc import ServerProcess
+from loadtest.orchestrator.serverproc import ServerProcess
 
 SLEEP_S = 0.5
 

@@ -12,7 +12,7 @@ import time
 import pytest
 from httpclient import get, raw_exchange, request, timed_get
 
-from loadtest.serverproc import ServerProcess
+from loadtest.orchestrator.serverproc import ServerProcess
 from servers.contract import IMPL_HEADER, IMPLS, MAX_BODY_BYTES, cpu_digest
 
 OK_ROUTES = [

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loadtest.serverproc import ServerProcess
+from loadtest.orchestrator.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = ROOT / "dashboards" / "grafana" / "dashboards"

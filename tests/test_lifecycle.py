@@ -15,7 +15,7 @@ import time
 import pytest
 from httpclient import get, metrics, sample_value, wait_until
 
-from loadtest.serverproc import ServerProcess
+from loadtest.orchestrator.serverproc import ServerProcess
 
 
 def _stackbench(*args: str) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import socket
 
 from httpclient import get, metrics, sample_value, wait_until
 
-from loadtest.serverproc import ServerProcess
+from loadtest.orchestrator.serverproc import ServerProcess
 from servers.contract import IMPLS, OTHER_ROUTE, ROUTE_METHODS
 
 CONTRACT_FAMILIES = {

@@ -15,7 +15,7 @@ from httpclient import get, metrics, sample_value, timed_get, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loadtest.serverproc import ServerProcess
+from loadtest.orchestrator.serverproc import ServerProcess
 
 HEADER_TIMEOUT_S = 2.0
 SLOW_CLIENTS = 200

@@ -20,9 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loadtest.analysis import quantile, sum_routes
-from loadtest.sampling import client_snapshot, scrape
-from loadtest.serverproc import ServerProcess
+from loadtest.orchestrator.sampling import client_snapshot, scrape
+from loadtest.orchestrator.serverproc import ServerProcess
+from loadtest.reporting.analysis import quantile, sum_routes
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = {"gevent", "trio", "aiohttp"}

@@ -1,1 +1,1 @@
-"""One Locust file per scenario; see loadtest/scenarios.py for what each sends."""
+"""One Locust file per scenario; see loadtest/driver/scenarios.py for what each sends."""

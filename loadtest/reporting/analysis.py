@@ -12,7 +12,7 @@ from collections import defaultdict
 from itertools import groupby, pairwise
 from typing import Any
 
-from loadtest.scenarios import BLOCKING_MS, INLINE, OFFLOADED
+from loadtest.driver.scenarios import BLOCKING_MS, INLINE, OFFLOADED
 
 # The load generator is the bottleneck when it uses this much of the CPU it was given.
 DRIVER_BUSY_FRACTION = 0.85

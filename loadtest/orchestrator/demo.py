@@ -9,7 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 
-from loadtest.serverproc import ServerProcess
+from loadtest.orchestrator.serverproc import ServerProcess
 from servers.contract import IMPLS
 
 SMOKE_TARGETS = ("/", "/json", "/sleep?ms=10", "/fanout?n=10&ms=10", "/cpu?n=1000", "/nope")

@@ -21,13 +21,13 @@ from typing import Any
 
 import psutil
 
-from loadtest import report, results
-from loadtest.profiles import Profile
-from loadtest.sampling import SampleLog, Sampler
-from loadtest.scenarios import SCENARIOS
-from loadtest.serverproc import ServerProcess, ServerStartError
+from loadtest.driver.scenarios import SCENARIOS
+from loadtest.orchestrator.profiles import Profile
+from loadtest.orchestrator.sampling import SampleLog, Sampler
+from loadtest.orchestrator.serverproc import ServerProcess, ServerStartError
+from loadtest.reporting import report, results
 
-LOCUSTFILES = Path(__file__).resolve().parent / "locustfiles"
+LOCUSTFILES = Path(__file__).resolve().parent.parent / "locustfiles"
 LOCUST_START_TIMEOUT_S = 30.0
 CLIENT_METRICS_LINE = re.compile(r"stackbench client metrics \(\w+\) on :(\d+)/metrics")
 FD_HEADROOM = 256

@@ -41,8 +41,8 @@ from geventhttpclient import HTTPClient
 from locust import FastHttpUser, LoadTestShape, User, constant, events, task
 from locust.env import Environment
 
-from loadtest import client_metrics
-from loadtest.scenarios import Request, Scenario, get_scenario
+from loadtest.driver import client_metrics
+from loadtest.driver.scenarios import Request, Scenario, get_scenario
 
 MODELS = ("closed", "open")
 

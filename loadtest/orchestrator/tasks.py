@@ -164,7 +164,8 @@ def _measure_thread(n: int, depth: int) -> dict[str, float]:
 def measure(runtime: str, n: int, depth: int) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter."""
     done = subprocess.run(
-        [sys.executable, "-m", "loadtest.tasks", "--child", runtime, str(n), str(depth)],
+        [sys.executable, "-m", "loadtest.orchestrator.tasks", "--child", runtime, str(n),
+         str(depth)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     if done.returncode != 0:
@@ -211,7 +212,7 @@ def table(rows: list[dict]) -> str:
 
 def page(rows: list[dict]) -> str:
     """A self-contained HTML page: the table and a bar chart of bytes per task."""
-    from loadtest.report import CSS, bar_chart
+    from loadtest.reporting.report import CSS, bar_chart
 
     largest = {}
     for row in rows:

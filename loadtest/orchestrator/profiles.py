@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from loadtest.scenarios import SCENARIOS
+from loadtest.driver.scenarios import SCENARIOS
 
 CORE_SCENARIOS = (
     "plaintext", "io_hold", "fanout", "starvation", "coloring", "offload", "echo",

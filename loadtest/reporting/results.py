@@ -8,8 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from loadtest import analysis
-from loadtest.sampling import read_samples
+from loadtest.orchestrator.sampling import read_samples
+from loadtest.reporting import analysis
 
 SCHEMA = "stackbench.results/1"
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from loadtest.scenarios import BLOCKING_MS
+from loadtest.driver.scenarios import BLOCKING_MS
 from servers.contract import IMPLS
 
 COLOURS = {

@@ -241,9 +241,16 @@ class _DisconnectWatch:
         self._watcher = self._spawned.spawn(self._watch, gevent.getcurrent())
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._watcher is not None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
             # Blocking: the watcher must have let go of the socket before pywsgi reads from it.
-            self._watcher.kill(block=True)
+            watcher.kill(block=True)
+            # The killed greenlet keeps its GreenletExit, whose traceback's frames held this
+            # object, which held the greenlet: a cycle only a full collection frees, so every
+            # finished request left ~6 KiB of garbage behind (measured by RSS under Locust).
+            exit_info = getattr(watcher, "_exc_info", None)
+            if exit_info and exit_info[1] is not None:
+                exit_info[1].__traceback__ = None
 
     def _watch(self, request: gevent.Greenlet) -> None:
         try:

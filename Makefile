@@ -39,6 +39,7 @@ lint: venv
 
 test: venv system-deps lint
 	$(BIN)/python dashboards/generate.py --check
+	$(BIN)/python -m loadtest.records --check
 	$(BIN)/pytest
 
 bench: venv system-deps

@@ -29,6 +29,13 @@ from servers.contract import IMPLS
 
 NAGLE_SUSPECT_RPS = 2000  # ~40 ms per response per connection looks like this
 
+# Defaults of the command line, shared with the scripts that reuse `measure` (wrk_vs_cpu.py).
+DURATION_S = 10.0
+WARMUP_S = 2.0
+CONNECTIONS = 64
+SERVER_CPUS = frozenset({0})
+CLIENT_CPUS = frozenset({1})
+
 
 @dataclass
 class WrkResult:
@@ -83,24 +90,31 @@ def _cpus(text: str) -> set[int]:
     return {int(cpu) for cpu in text.split(",")}
 
 
+def check_machine(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit through `parser.error` unless wrk is installed and the CPUs to pin to exist."""
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk; or run `make bench`)")
+    if not (args.server_cpus | args.client_cpus) <= os.sched_getaffinity(0):
+        parser.error(f"this machine has CPUs {sorted(os.sched_getaffinity(0))} only")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--servers", default=",".join(IMPLS))
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument(
+        "--duration", type=float, default=DURATION_S, help="seconds per measurement"
+    )
+    parser.add_argument("--warmup", type=float, default=WARMUP_S, help="seconds before measuring")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--server-cpus", type=_cpus, default={0})
-    parser.add_argument("--client-cpus", type=_cpus, default={1})
+    parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    parser.add_argument("--server-cpus", type=_cpus, default=set(SERVER_CPUS))
+    parser.add_argument("--client-cpus", type=_cpus, default=set(CLIENT_CPUS))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     impls = args.servers.split(",")
     if unknown := set(impls) - set(IMPLS):
         parser.error(f"unknown server(s): {', '.join(sorted(unknown))}")
-    if shutil.which("wrk") is None:
-        parser.error("wrk is not installed (Debian: apt-get install wrk; or run `make bench`)")
-    if not (args.server_cpus | args.client_cpus) <= os.sched_getaffinity(0):
-        parser.error(f"this machine has CPUs {sorted(os.sched_getaffinity(0))} only")
+    check_machine(parser, args)
 
     runs: dict[tuple[str, bool], list[WrkResult]] = {}
     for round_no in range(1, args.rounds + 1):

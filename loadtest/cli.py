@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,10 +21,23 @@ def _port(text: str) -> int:
 
 
 def _step_seconds(text: str) -> float:
-    seconds = _seconds(text)
-    if seconds < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a load level lasts at least 1 second")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= 3600:
+        # Samples come twice a second and a level's first is the ramp: below 1 s nothing
+        # would be left to measure.
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step length (1-3600 seconds)")
     return seconds
+
+
+def _base_port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65533:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the three servers take this port and the next two (1-65533)"
+        )
+    return int(text)
 
 
 def _timeout(text: str) -> float:
@@ -133,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--base-port",
-        type=_port,
+        type=_base_port,
         default=DEFAULT_PORT + 1,
         help=f"gevent's port; trio and aiohttp take the next two (default {DEFAULT_PORT + 1})",
     )
@@ -179,9 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir", type=Path)
     report.set_defaults(run=_report)
 
-    compare = commands.add_parser("compare", help="what got better or worse between two runs")
+    compare = commands.add_parser(
+        "compare",
+        help="what got better or worse between two runs, beyond their noise",
+        description="Compare the headline figures of two runs (results.json files or run "
+        "directories). A change is called only outside both runs' spread and, with 3 or more "
+        "repeats a side, significant (Welch's t-test, p < 0.05).",
+    )
     compare.add_argument("before", type=Path)
     compare.add_argument("after", type=Path)
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    compare.add_argument(
+        "--force",
+        action="store_true",
+        help="compare runs of different profiles, scenario parameters or stackbench versions",
+    )
     compare.set_defaults(run=_compare)
 
     tasks = commands.add_parser(
@@ -254,6 +280,7 @@ def _run(args: argparse.Namespace) -> None:
     profile = PROFILES[args.profile]
     if args.step_seconds:
         profile = dataclasses.replace(profile, step_seconds=args.step_seconds)
+    out = args.out or run.default_out()
     try:
         run.validate(servers, scenarios)
         plan = run.Plan(
@@ -261,16 +288,16 @@ def _run(args: argparse.Namespace) -> None:
             scenarios=tuple(scenarios),
             profile=profile,
             repeat=args.repeat or profile.repeat,
-            out=args.out or run.default_out(),
+            out=out,
         )
-        out = run.execute(plan)
+        written = run.execute(plan)
     except run.RunError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        print(f"interrupted: partial results in {plan.out}/report.html", file=sys.stderr)
+        print(f"interrupted: partial results in {out}/report.html", file=sys.stderr)
         raise SystemExit(130) from None
-    print(f"results: {out}/results.json")
-    print(f"report:  {out}/report.html")
+    print(f"results: {written}/results.json")
+    print(f"report:  {written}/report.html")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -278,21 +305,40 @@ def _report(args: argparse.Namespace) -> None:
 
     try:
         built = results.build(args.dir)
+        results.write(args.dir, built)
+        print(f"report: {report.write(args.dir, built)}")
     except results.ResultsError as exc:
         _fail(str(exc))
-    results.write(args.dir, built)
-    print(f"report: {report.write(args.dir, built)}")
+    except OSError as exc:
+        _fail(f"cannot write into {args.dir}: {exc.strerror or exc}")
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from loadtest.reporting import analysis, results
+    import json
+
+    from loadtest.reporting import compare, results
 
     try:
         before, after = results.load(args.before), results.load(args.after)
     except results.ResultsError as exc:
         _fail(str(exc))
-    lines = analysis.compare(before["headline"], after["headline"])
-    print("\n".join(lines) if lines else "no headline figure in common")
+    reason = compare.incompatibility(before, after)
+    if reason and not args.force:
+        _fail(f"not comparable: {reason} (--force compares them anyway)")
+    notes = compare.warnings(before, after) + ([f"forced: {reason}"] if reason else [])
+    changes = compare.compare(before, after)
+    if args.json:
+        print(json.dumps({"warnings": notes, "changes": [c.as_json() for c in changes]},
+                         indent=2))  # fmt: skip
+        return
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if not changes:
+        print("no headline figure in common")
+        return
+    print("\n".join(change.line() for change in changes))
+    called = [c for c in changes if c.verdict in ("better", "worse")]
+    print(f"{len(called)} change(s) called of {len(changes)} figures" if called else "no change")
 
 
 def _scale(text: str) -> float:
@@ -329,8 +375,13 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except BrokenPipeError:
+        # The reader left (`stackbench compare A B | head`): not an error of ours. Point
+        # stdout at /dev/null so that the interpreter's last flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -40,3 +40,20 @@ def test_task_count_benchmark_counts_every_task() -> None:
     rows = [line.split() for line in done.stdout.splitlines()[1:] if line.split()[:1] != []]
     runtimes = {row[0] for row in rows if row[1] == "2000"}
     assert runtimes == {"gevent", "trio", "asyncio"}
+
+
+def test_wrk_vs_cpu_benchmark_reports_a_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "wrk_vs_cpu.json"
+    done = subprocess.run(
+        [
+            sys.executable, str(BENCHMARKS / "wrk_vs_cpu.py"),
+            "--rounds", "1", "--duration", "1", "--warmup", "0", "--connections", "8",
+            "--servers", "aiohttp", "--json", str(out),
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"aiohttp"}
+    assert figures["aiohttp"]["ratio"]["median"] > 0
+    assert "ratio inside one run" in done.stdout

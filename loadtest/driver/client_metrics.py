@@ -4,24 +4,32 @@ Locust process on its own port.
 Locust's web stats keep a 10-second window; this is a real histogram fed by every request event,
 labelled by target server, scenario, route and outcome, beside the figures that tell whether the
 driver, not the server, was the limit: users, intended vs achieved requests, dropped arrivals and
-the driver's own CPU. Imported only inside Locust processes.
+the driver's own CPU. The same port serves `/latency?ack=N`: every request's latency in exact
+HdrHistograms (latency_log.py), which `stackbench run` reads for its percentiles. Imported only
+inside Locust processes.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from urllib.parse import parse_qs
 
+from gevent.pywsgi import WSGIServer
 from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from loadtest.driver import settings
+from loadtest.driver.latency_log import RECORDER
+
 # Finer than the servers' buckets (the driver can afford it): the R10 series, ten per decade,
-# so a percentile interpolated inside a bucket is off by at most ~25 %, from 0.1 ms to 120 s.
+# so a percentile interpolated inside a bucket is off by at most ~25 %, from 0.1 ms to 120 s:
+# good enough for a live dashboard; `stackbench run` reads exact percentiles from /latency.
 LATENCY_BUCKETS = (
     *(
         round(mantissa * 10.0**exponent, 6)
@@ -32,9 +40,7 @@ LATENCY_BUCKETS = (
     120.0,
 )
 
-DEFAULT_PORT = 9646
 PORTS_TO_TRY = 64  # forked workers on one host take the next free port after the master's
-PORT_ENV = "STACKBENCH_CLIENT_METRICS_PORT"
 
 REQUEST_DURATION = Histogram(
     "stackbench_client_request_duration_seconds",
@@ -111,18 +117,37 @@ def install(environment: Environment) -> None:
     if runner is not None:
         USERS.labels(scenario, _role).set_function(lambda: runner.user_count)
     INTENDED_RATE.labels(scenario).set(0)
-    port = _serve(int(os.environ.get(PORT_ENV, DEFAULT_PORT)))
+    port = _serve(settings.read().client_metrics_port)
     print(f"stackbench client metrics ({_role}) on :{port}/metrics", flush=True)
+
+
+def _app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    """/metrics for Prometheus; /latency?ack=N for the orchestrator's exact percentiles."""
+    if environ.get("PATH_INFO") == "/latency":
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        acknowledged = query.get("ack", ["0"])[0]
+        if not acknowledged.isdigit():
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [b"ack must be a whole number\n"]
+        body = RECORDER.as_json(int(acknowledged))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+    return _metrics_app(environ, start_response)
+
+
+_metrics_app = make_wsgi_app()
 
 
 def _serve(base_port: int) -> int:
     for port in range(base_port, base_port + PORTS_TO_TRY):
+        server = WSGIServer(("0.0.0.0", port), _app, log=None, error_log=None)
         try:
-            start_http_server(port)
-            return port
+            server.start()
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
+            continue
+        return server.server_port
     raise OSError(f"no free port for client metrics in {base_port}..{port}")
 
 
@@ -147,7 +172,10 @@ def _on_request(
     route = context.get("route", name)
     outcome = "error" if exception else "ok"
     REQUEST_DURATION.labels(target, _scenario, route, outcome).observe(response_time / 1000)
-    service_ms = context.get("service_ms", response_time)
-    SERVICE_DURATION.labels(target, _scenario, route).observe(service_ms / 1000)
+    service_ms = context.get("service_ms")
+    SERVICE_DURATION.labels(target, _scenario, route).observe(
+        (response_time if service_ms is None else service_ms) / 1000
+    )
+    RECORDER.record(target, route, response_time, service_ms)
     if not context.get("open_model"):
         INTENDED.labels(target, _scenario).inc()

@@ -35,6 +35,15 @@ class Scenario:
     user_steps: tuple[int, ...]
     # Open model: arrivals per second at each step, whether or not earlier requests returned.
     rate_steps: tuple[float, ...]
+    # The headline figures a run of this scenario yields (named in loadtest/reporting/
+    # figures.py), besides the CPU per request that every scenario yields.
+    figures: tuple[str, ...] = ()
+    # A load level must last this long for its requests to complete inside it at all.
+    min_step_seconds: float = 0.0
+
+    def describe(self) -> list[str]:
+        """What it sends, one line per kind of request: `weight x METHOD target`."""
+        return [f"{r.weight} x {r.method} {r.target}" for r in self.requests]
 
 
 _ECHO_BODY = b"x" * 4096
@@ -49,8 +58,9 @@ SCENARIOS: dict[str, Scenario] = {
             "plaintext",
             "How many trivial requests per second can the server answer (its ceiling)?",
             (Request("GET", "/"),),
-            user_steps=(8, 32, 128),
+            user_steps=(1, 8, 32, 128),
             rate_steps=(500, 2000, 5000),
+            figures=("ceiling_rps",),
         ),
         Scenario(
             "io_hold",
@@ -58,6 +68,13 @@ SCENARIOS: dict[str, Scenario] = {
             (Request("GET", "/sleep?ms=2000"),),
             user_steps=(500, 1000, 2000, 5000),
             rate_steps=(250, 500, 1000, 2500),
+            figures=(
+                "bytes_per_request",
+                "bytes_per_request_r2",
+                "held_bytes_per_request",
+                "held_bytes_per_request_r2",
+            ),
+            min_step_seconds=3.0,  # 2 s requests, the first sample of a level left out
         ),
         Scenario(
             "fanout",
@@ -72,6 +89,15 @@ SCENARIOS: dict[str, Scenario] = {
             (Request("GET", "/cpu?n=20000", weight=1), Request("GET", "/json", weight=9)),
             user_steps=(4, 16, 64),
             rate_steps=(100, 300, 600),
+            figures=(
+                "starvation_lag_p99_ms",
+                "starvation_probe_p99_ms",
+                "fixed_load_rps",
+                "fixed_load_p50_ms",
+                "fixed_load_p99_ms",
+                "fixed_load_p999_ms",
+                "fixed_load_p99_uncorrected_ms",
+            ),
         ),
         Scenario(
             "coloring",
@@ -83,6 +109,7 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             user_steps=(4, 16, 64),
             rate_steps=(50, 150, 300),
+            figures=("coloring_probe_p99_ms", "inline_p50_ms"),
         ),
         Scenario(
             "offload",
@@ -93,6 +120,7 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             user_steps=(4, 16, 64),
             rate_steps=(50, 150, 300),
+            figures=("offload_overhead_ms",),
         ),
         Scenario(
             "echo",

@@ -6,28 +6,15 @@ send less, and the stall disappears from the latency figures (coordinated omissi
 model starts every request at its scheduled time whether or not earlier ones have returned,
 measures latency from that intended start, and counts arrivals it could not send.
 
-Configuration comes from the environment, so the same Locust file serves the web UI, headless
-runs, master/worker setups and `stackbench run`:
-
-    STACKBENCH_TARGETS        name=url,... (default: Locust's --host, named by its host:port)
-    STACKBENCH_ALLOW_REMOTE   1 to allow targets that are not loopback addresses
-    STACKBENCH_MODEL          closed (default) | open
-    STACKBENCH_RATE           open model: arrivals per second per user (default 50)
-    STACKBENCH_MAX_IN_FLIGHT  open model: per user; arrivals beyond it are dropped (default 1000)
-    STACKBENCH_CONNECTIONS    open model: connections per user (default 32); an arrival that
-                              finds all busy waits, and the wait counts in its latency
-    STACKBENCH_SHAPE          steps: step through the scenario's load levels (default: none,
-                              users and spawn rate come from the command line or web UI)
-    STACKBENCH_STEP_SECONDS   seconds per step with STACKBENCH_SHAPE=steps (default 10)
-    STACKBENCH_LEVELS         users (open model: streams) per step, e.g. 8,32,128 (default:
-                              the scenario's own levels)
+Configuration comes from the environment (STACKBENCH_*, listed in loadtest/driver/settings.py),
+so the same Locust file serves the web UI, headless runs, master/worker setups and
+`stackbench run`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import itertools
-import os
 import random
 import sys
 import time
@@ -41,20 +28,15 @@ from geventhttpclient import HTTPClient
 from locust import FastHttpUser, LoadTestShape, User, constant, events, task
 from locust.env import Environment
 
-from loadtest.driver import client_metrics
+from loadtest.driver import client_metrics, settings
 from loadtest.driver.scenarios import Request, Scenario, get_scenario
-
-MODELS = ("closed", "open")
+from loadtest.driver.settings import ConfigError
 
 
 @dataclass(frozen=True)
 class Target:
     name: str
     url: str
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def is_loopback(host: str) -> bool:
@@ -86,19 +68,6 @@ def parse_targets(spec: str, allow_remote: bool = False) -> list[Target]:
     return targets
 
 
-def _env_number(name: str, default: float, low: float, high: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={raw!r}: expected a number from {low:g} to {high:g}")
-    return value
-
-
 class _Targets:
     """Hands users their target in turn, so each server gets the same share of the load."""
 
@@ -107,8 +76,7 @@ class _Targets:
         self.targets: list[Target] = []
 
     def configure(self, spec: str) -> None:
-        allow_remote = os.environ.get("STACKBENCH_ALLOW_REMOTE") == "1"
-        self.targets = parse_targets(spec, allow_remote)
+        self.targets = parse_targets(spec, settings.read().allow_remote)
         for target in self.targets:
             client_metrics.touch_target(target.name)
 
@@ -116,7 +84,7 @@ class _Targets:
         if not self.targets:
             # Configured here, not only at `init`: a forked worker may be told to spawn users
             # before its init listeners have run, and the host may only arrive with the start.
-            self.configure(os.environ.get("STACKBENCH_TARGETS") or environment.host or "")
+            self.configure(settings.read().targets or environment.host or "")
         return self.targets[next(self._turn) % len(self.targets)]
 
 
@@ -170,9 +138,10 @@ class OpenModelUser(User):
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         self.target = TARGETS.next(environment)
-        self.rate = _env_number("STACKBENCH_RATE", 50, 0.1, 100_000)
-        self.max_in_flight = int(_env_number("STACKBENCH_MAX_IN_FLIGHT", 1000, 1, 100_000))
-        connections = int(_env_number("STACKBENCH_CONNECTIONS", 32, 1, 10_000))
+        config = settings.read()
+        self.rate = config.rate
+        self.max_in_flight = config.max_in_flight
+        connections = config.connections
         # Like wrk2: a fixed set of connections. An arrival that finds them all busy waits in
         # the driver, and that wait is part of its latency (it was due to start earlier).
         self.connections: gevent.queue.Queue = gevent.queue.Queue()
@@ -260,30 +229,12 @@ class StepShape(LoadTestShape):
         return users, max(users, 1)  # reach each level within about a second
 
 
-def _env_levels() -> tuple[int, ...]:
-    raw = os.environ.get("STACKBENCH_LEVELS", "")
-    try:
-        levels = tuple(int(part) for part in raw.split(",") if part.strip())
-    except ValueError:
-        levels = (0,)
-    if any(level < 1 for level in levels):
-        raise ConfigError(f"STACKBENCH_LEVELS={raw!r}: expected users per step, e.g. 8,32,128")
-    return levels
-
-
 def scenario_classes(name: str) -> tuple[type[User], type[LoadTestShape] | None]:
     """The user class (and step shape, if asked for) that a Locust file for `name` exposes."""
     try:
         scenario = get_scenario(name)
-        model = os.environ.get("STACKBENCH_MODEL", "closed")
-        if model not in MODELS:
-            raise ConfigError(f"STACKBENCH_MODEL={model!r}: expected closed or open")
-        shape_name = os.environ.get("STACKBENCH_SHAPE", "")
-        if shape_name not in ("", "steps"):
-            raise ConfigError(f"STACKBENCH_SHAPE={shape_name!r}: expected steps or nothing")
-        step_seconds = _env_number("STACKBENCH_STEP_SECONDS", 10, 1, 3600)
-        _env_levels()
-    except (ConfigError, ValueError) as exc:
+        config = settings.read()
+    except ValueError as exc:  # ConfigError included
         print(f"stackbench: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -292,27 +243,25 @@ def scenario_classes(name: str) -> tuple[type[User], type[LoadTestShape] | None]
     @events.init.add_listener
     def _setup(environment: Environment, **_: object) -> None:
         client_metrics.install(environment)
-        spec = os.environ.get("STACKBENCH_TARGETS")
-        if spec:
+        if config.targets:
             try:
-                TARGETS.configure(spec)
+                TARGETS.configure(config.targets)
             except ConfigError as exc:
                 print(f"stackbench: error: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
 
-    base = ClosedModelUser if model == "closed" else OpenModelUser
-    user = type(f"{name}_{model}", (base,), {"scenario": scenario, "__module__": __name__})
+    base = ClosedModelUser if config.model == "closed" else OpenModelUser
+    user = type(f"{name}_{config.model}", (base,), {"scenario": scenario, "__module__": __name__})
     shape = None
-    if shape_name == "steps":
+    if config.steps:
         # In the open model each user is one arrival stream: the scenario's rate steps
         # become stream counts at STACKBENCH_RATE each.
-        levels = _env_levels() or scenario.user_steps
-        if model == "open" and not _env_levels():
-            rate = _env_number("STACKBENCH_RATE", 50, 0.1, 100_000)
-            levels = tuple(max(1, round(r / rate)) for r in scenario.rate_steps)
+        levels = config.levels or scenario.user_steps
+        if config.model == "open" and not config.levels:
+            levels = tuple(max(1, round(r / config.rate)) for r in scenario.rate_steps)
         shape = type(
             f"{name}_steps",
             (StepShape,),
-            {"levels": levels, "step_seconds": step_seconds, "__module__": __name__},
+            {"levels": levels, "step_seconds": config.step_seconds, "__module__": __name__},
         )
     return user, shape

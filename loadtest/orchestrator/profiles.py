@@ -35,7 +35,8 @@ PROFILES = {
             step_seconds=2.0,
             repeat=1,
             levels={
-                "plaintext": (4, 32),
+                # one user: below what saturates one Locust core (CPU per request)
+                "plaintext": (1, 4, 32),
                 "io_hold": (50, 100, 200),  # three points, so the fit can fail
                 "fanout": (4, 16),
                 "starvation": (2, 8),
@@ -53,7 +54,7 @@ PROFILES = {
             step_seconds=3.0,
             repeat=1,
             levels={
-                "plaintext": (8, 32, 128),
+                "plaintext": (1, 8, 32, 128),
                 "io_hold": (250, 500, 1000),
                 "fanout": (8, 32),
                 "starvation": (4, 16),

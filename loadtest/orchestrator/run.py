@@ -4,6 +4,7 @@ other CPU, everything sampled to disk as it happens, then results.json and repor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -15,16 +16,38 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from loadtest.driver import settings
 from loadtest.driver.scenarios import SCENARIOS
+from loadtest.orchestrator import held
 from loadtest.orchestrator.profiles import Profile
-from loadtest.orchestrator.sampling import SampleLog, Sampler
+from loadtest.orchestrator.sampling import (
+    CPU_TICK_S,
+    SAMPLE_INTERVAL_S,
+    SampleLog,
+    Sampler,
+    cpu_seconds,
+    scrape,
+)
 from loadtest.orchestrator.serverproc import ServerProcess, ServerStartError
+from loadtest.records import (
+    Environment,
+    Event,
+    HeldProbe,
+    IdleProbe,
+    Pinning,
+    ProfileInfo,
+    Provenance,
+    RunHeader,
+    RunKey,
+    ScenarioSpec,
+    utc_iso,
+)
 from loadtest.reporting import report, results
 
 LOCUSTFILES = Path(__file__).resolve().parent.parent / "locustfiles"
@@ -32,6 +55,8 @@ LOCUST_START_TIMEOUT_S = 30.0
 CLIENT_METRICS_LINE = re.compile(r"stackbench client metrics \(\w+\) on :(\d+)/metrics")
 FD_HEADROOM = 256
 OPEN_MODEL_SCENARIO = "starvation"  # the open-model pass: where stalls hide from closed loops
+HELD_SCENARIO = "io_hold"  # followed by memory per request measured without Locust
+IDLE_SECONDS = 2.0  # how long each server's idle CPU (timers, our scrapes) is measured
 
 
 class RunError(Exception):
@@ -47,11 +72,24 @@ class Plan:
     out: Path
 
     def scenario_runs(self) -> list[tuple[str, str]]:
-        """(scenario, model) pairs, in order: each scenario closed, then the open-model pass."""
-        runs = [(scenario, "closed") for scenario in self.scenarios]
+        """(scenario, model) pairs, in order: each scenario closed (io_hold followed by its
+        held-connection probe), then the open-model pass."""
+        runs = []
+        for scenario in self.scenarios:
+            runs.append((scenario, "closed"))
+            if scenario == HELD_SCENARIO:
+                runs.append((scenario, "held"))
         if OPEN_MODEL_SCENARIO in self.scenarios:
             runs.append((OPEN_MODEL_SCENARIO, "open"))
         return runs
+
+    def keys(self) -> list[RunKey]:
+        return [
+            RunKey(server=impl, scenario=scenario, model=model, repeat=repeat)
+            for repeat in range(self.repeat)
+            for impl in self.servers
+            for scenario, model in self.scenario_runs()
+        ]
 
     def levels(self, scenario: str, model: str) -> tuple[int, ...]:
         if model == "open":
@@ -59,7 +97,31 @@ class Plan:
         return self.profile.levels_for(scenario)
 
     def seconds(self, scenario: str, model: str) -> float:
-        return len(self.levels(scenario, model)) * self.profile.step_seconds
+        if model == "held":
+            return held.expected_seconds(self.levels(scenario, model))
+        return len(self.levels(scenario, model)) * self.step_seconds(scenario)
+
+    def step_seconds(self, scenario: str) -> float:
+        """The profile's step, or longer where the scenario's requests need it to complete
+        inside a step at all (io_hold's 2 s sleeps)."""
+        return max(self.profile.step_seconds, SCENARIOS[scenario].min_step_seconds)
+
+    def scenario_specs(self) -> dict[str, ScenarioSpec]:
+        specs = {}
+        for scenario in self.scenarios:
+            specs[scenario] = ScenarioSpec(
+                requests=SCENARIOS[scenario].describe(),
+                levels=list(self.profile.levels_for(scenario)),
+                step_seconds=self.step_seconds(scenario),
+            )
+        if OPEN_MODEL_SCENARIO in self.scenarios:
+            specs[f"{OPEN_MODEL_SCENARIO} (open)"] = ScenarioSpec(
+                requests=SCENARIOS[OPEN_MODEL_SCENARIO].describe(),
+                levels=[self.profile.open_streams],
+                step_seconds=self.step_seconds(OPEN_MODEL_SCENARIO),
+                rate_per_stream=self.profile.open_rate_per_stream,
+            )
+        return specs
 
 
 def cpu_layout() -> tuple[list[int], list[int]]:
@@ -98,25 +160,74 @@ def raise_fd_limit(plan: Plan) -> int:
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for package in ("gevent", "greenlet", "trio", "h11", "aiohttp", "uvloop", "locust",
-                    "prometheus-client", "psutil"):  # fmt: skip
+                    "prometheus-client", "psutil", "hdrhistogram"):  # fmt: skip
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[package] = importlib.metadata.version(package)
     return found
 
 
-def environment() -> dict[str, Any]:
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def environment() -> Environment:
     model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "platform": platform.platform(),
-        "cpu_model": model,
-        "cpus": os.cpu_count(),
-        "memory_bytes": psutil.virtual_memory().total,
-    }
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return Environment(
+        platform=platform.platform(),
+        kernel=platform.release(),
+        cpu_model=model,
+        cpus=os.cpu_count() or 1,
+        memory_bytes=psutil.virtual_memory().total,
+        cpu_governor=_read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        load_average_1m=round(os.getloadavg()[0], 2),
+        python=platform.python_version(),
+        clock_tick_s=CPU_TICK_S,
+    )
+
+
+def provenance() -> Provenance:
+    root = Path(__file__).resolve().parent.parent.parent
+    commit, dirty = None, None
+    if (root / ".git").exists():
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                  capture_output=True, text=True, timeout=10)  # fmt: skip
+            if head.returncode == 0:
+                commit = head.stdout.strip()
+                status = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+                                        capture_output=True, text=True, timeout=10)  # fmt: skip
+                dirty = bool(status.stdout.strip())
+    try:
+        version = importlib.metadata.version("stackbench")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return Provenance(
+        command=["stackbench", *sys.argv[1:]], stackbench_version=version,
+        git_commit=commit, git_dirty=dirty,
+    )  # fmt: skip
+
+
+def prepare_out(out: Path) -> Path:
+    """The run's directory, absolute, created empty. A directory that holds anything (a run
+    before this one, above all) is refused: nothing is ever appended to or overwritten."""
+    out = out.expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        held = "a stackbench run" if (out / "samples.jsonl").exists() else "files"
+        raise RunError(f"--out {out} already holds {held}: choose a new directory")
+    try:
+        (out / "locust").mkdir(parents=True)
+    except OSError as exc:
+        raise RunError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    return out
 
 
 def _free_port() -> int:
@@ -161,23 +272,28 @@ def execute(plan: Plan) -> Path:
     is interrupted or a server dies)."""
     server_cpus, driver_cpus = cpu_layout()
     fd_limit = raise_fd_limit(plan)
-    plan.out.mkdir(parents=True, exist_ok=True)
-    (plan.out / "locust").mkdir(exist_ok=True)
+    plan = dataclasses.replace(plan, out=prepare_out(plan.out))
+    load_average = os.getloadavg()[0]  # before the run adds its own
     log = SampleLog(plan.out / "samples.jsonl")
-    log.write({
-        "type": "run",
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "profile": {"name": plan.profile.name, "step_seconds": plan.profile.step_seconds,
-                    "repeat": plan.repeat},
-        "planned": [[impl, s, m, r] for r in range(plan.repeat) for impl in plan.servers
-                    for s, m in plan.scenario_runs()],
-        "environment": environment(),
-        "versions": versions(),
-        "pinning": {"server_cpus": server_cpus, "driver_cpus": driver_cpus,
-                    "shared_cpu": server_cpus == driver_cpus,
-                    "locust_processes": driver_processes(driver_cpus),
-                    "fd_limit": fd_limit},
-    })  # fmt: skip
+    log.write(
+        RunHeader(
+            started=utc_iso(),
+            profile=ProfileInfo(
+                name=plan.profile.name, step_seconds=plan.profile.step_seconds,
+                repeat=plan.repeat,
+            ),
+            planned=plan.keys(),
+            scenarios=plan.scenario_specs(),
+            environment=environment().model_copy(update={"load_average_1m": load_average}),
+            versions=versions(),
+            pinning=Pinning(
+                server_cpus=server_cpus, driver_cpus=driver_cpus,
+                shared_cpu=server_cpus == driver_cpus,
+                locust_processes=driver_processes(driver_cpus), fd_limit=fd_limit,
+            ),
+            provenance=provenance(),
+        )
+    )  # fmt: skip
     progress = Progress(plan)
     interrupted = False
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -187,12 +303,12 @@ def execute(plan: Plan) -> Path:
                 _run_server(plan, impl, repeat, log, progress, server_cpus, driver_cpus)
     except KeyboardInterrupt:
         interrupted = True
-        log.write({"type": "event", "event": "interrupted", "t": time.time()})
+        log.write(Event(event="interrupted", t=time.time()))
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         progress.close()
         if not interrupted:
-            log.write({"type": "event", "event": "finished", "t": time.time()})
+            log.write(Event(event="finished", t=time.time()))
         log.close()
     built = results.build(plan.out)
     results.write(plan.out, built)
@@ -215,53 +331,97 @@ def _run_server(
     server_cpus: list[int],
     driver_cpus: list[int],
 ) -> None:
+    def key(scenario: str, model: str) -> RunKey:
+        return RunKey(server=impl, scenario=scenario, model=model, repeat=repeat)
+
     try:
         server = ServerProcess(impl, cpus=set(server_cpus))
     except ServerStartError as exc:
         for scenario, model in plan.scenario_runs():
-            _event(log, impl, scenario, model, repeat, "failed", error=str(exc))
+            _event(log, key(scenario, model), "failed", error=str(exc))
         return
     with server:
+        _measure_idle(server, repeat, log)
         for scenario, model in plan.scenario_runs():
             if server.process.poll() is not None:
                 error = f"{impl} server exited with code {server.process.returncode}"
-                _event(log, impl, scenario, model, repeat, "failed", error=error)
+                _event(log, key(scenario, model), "failed", error=error)
                 continue
-            _run_scenario(plan, server, scenario, model, repeat, log, progress, driver_cpus)
+            if model == "held":
+                _run_held(plan, key(scenario, model), log, progress, server_cpus)
+            else:
+                _run_scenario(plan, server, key(scenario, model), log, progress, driver_cpus)
 
 
-def _event(log: SampleLog, impl: str, scenario: str, model: str, repeat: int, event: str,
-           **extra: Any) -> None:  # fmt: skip
-    log.write({"type": "event", "event": event, "server_impl": impl, "scenario": scenario,
-               "model": model, "repeat": repeat, "t": time.time(), **extra})  # fmt: skip
+def _event(log: SampleLog, key: RunKey, event: str, **extra: Any) -> None:
+    log.write(Event(event=event, t=time.time(), key=key, **extra))
+
+
+def _measure_idle(server: ServerProcess, repeat: int, log: SampleLog) -> None:
+    """The server's CPU with no load but what a run always adds (its timers, our scrapes at
+    the sampling pace): subtracted from every step's CPU, so that CPU per request is the
+    requests' alone."""
+    process = psutil.Process(server.pid)
+    before, started = cpu_seconds(process, children=False), time.monotonic()
+    while time.monotonic() - started < IDLE_SECONDS:
+        scrape(server.url + "/metrics")
+        time.sleep(SAMPLE_INTERVAL_S)
+    after = cpu_seconds(process, children=False)
+    if before is not None and after is not None:
+        seconds = time.monotonic() - started
+        log.write(IdleProbe(server=server.impl, repeat=repeat, seconds=seconds,
+                            cpu_seconds=after - before))  # fmt: skip
+
+
+def _run_held(
+    plan: Plan, key: RunKey, log: SampleLog, progress: Progress, server_cpus: list[int]
+) -> None:
+    """Memory per in-flight request without Locust, on a fresh server: one that has served
+    the scenarios before would reuse the memory they freed, and its RSS would not grow."""
+    levels = plan.levels(key.scenario, key.model)
+    progress.show(f"[{key.server}] {key.scenario} (raw held connections): {max(levels)} max")
+    _event(log, key, "started", levels=list(levels))
+    try:
+        with ServerProcess(key.server, cpus=set(server_cpus)) as server:
+            points = held.measure(server.url, server.pid, levels)
+    except (held.HeldError, ServerStartError) as exc:
+        log.write(HeldProbe(key=key, points=[], error=str(exc)))
+        _event(log, key, "failed", error=str(exc))
+    else:
+        log.write(HeldProbe(key=key, points=points))
+        _event(log, key, "finished")
+    finally:
+        progress.finish_scenario(plan.seconds(key.scenario, key.model))
 
 
 def _run_scenario(
     plan: Plan,
     server: ServerProcess,
-    scenario: str,
-    model: str,
-    repeat: int,
+    key: RunKey,
     log: SampleLog,
     progress: Progress,
     driver_cpus: list[int],
 ) -> None:
-    impl = server.impl
+    impl, scenario, model = key.server, key.scenario, key.model
     levels = plan.levels(scenario, model)
     seconds = plan.seconds(scenario, model)
-    name = f"{impl}-{scenario}-{model}-r{repeat + 1}"
+    name = f"{impl}-{scenario}-{model}-r{key.repeat + 1}"
     client_port = _free_port()  # the master's; forked workers take the next free ones
     env = {
         **os.environ,
-        "STACKBENCH_TARGETS": f"{impl}={server.url}",
-        "STACKBENCH_MODEL": model,
-        "STACKBENCH_SHAPE": "steps",
-        "STACKBENCH_STEP_SECONDS": str(plan.profile.step_seconds),
-        "STACKBENCH_LEVELS": ",".join(map(str, levels)),
-        "STACKBENCH_RATE": str(plan.profile.open_rate_per_stream),
-        "STACKBENCH_CLIENT_METRICS_PORT": str(client_port),
+        **settings.as_environment(
+            settings.DriverSettings(
+                targets=f"{impl}={server.url}",
+                model=model,
+                rate=plan.profile.open_rate_per_stream,
+                steps=True,
+                step_seconds=plan.step_seconds(scenario),
+                levels=levels,
+                client_metrics_port=client_port,
+            )
+        ),
     }
-    locust_dir = plan.out / "locust"
+    locust_dir = plan.out / "locust"  # absolute: Locust runs with it as its working directory
     command = [
         str(Path(sys.executable).parent / "locust"),
         "-f", str(LOCUSTFILES / f"{scenario}.py"),
@@ -272,7 +432,7 @@ def _run_scenario(
     processes = driver_processes(driver_cpus)
     if processes > 1:
         command += ["--processes", str(processes)]
-    _event(log, impl, scenario, model, repeat, "started", levels=list(levels))
+    _event(log, key, "started", levels=list(levels))
     with (locust_dir / f"{name}.log").open("wb") as output:
         locust = subprocess.Popen(
             command, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=locust_dir,
@@ -288,12 +448,7 @@ def _run_scenario(
         if not client_urls:
             error = f"Locust did not start: see locust/{name}.log"
             return
-        sampler = Sampler(
-            log,
-            {"type": "sample", "server_impl": impl, "scenario": scenario, "model": model,
-             "repeat": repeat},
-            server.url, server.pid, client_urls, locust.pid,
-        )  # fmt: skip
+        sampler = Sampler(log, key, server.url, server.pid, client_urls, locust.pid)
         sampler.start()
         deadline = started + seconds + 60
         while locust.poll() is None:
@@ -304,7 +459,7 @@ def _run_scenario(
                 error = "Locust overran its time bound and was stopped"
                 break
             elapsed = time.monotonic() - started
-            step = min(int(elapsed // plan.profile.step_seconds), len(levels) - 1)
+            step = min(int(elapsed // plan.step_seconds(scenario)), len(levels) - 1)
             unit = "streams" if model == "open" else "users"
             progress.show(
                 f"[{impl}] {scenario} ({model}) step {step + 1}/{len(levels)}: "
@@ -324,9 +479,9 @@ def _run_scenario(
                 locust.wait()
         progress.finish_scenario(seconds)
         if error:
-            _event(log, impl, scenario, model, repeat, "failed", error=error)
+            _event(log, key, "failed", error=error)
         else:
-            _event(log, impl, scenario, model, repeat, "finished", exit_code=locust.returncode)
+            _event(log, key, "finished", exit_code=locust.returncode)
 
 
 def _wait_for_metrics(log: Path, locust: subprocess.Popen, processes: int) -> list[str]:
@@ -342,7 +497,13 @@ def _wait_for_metrics(log: Path, locust: subprocess.Popen, processes: int) -> li
 
 
 def default_out() -> Path:
-    return Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    """results/<local time>, with a suffix if a run already took that second."""
+    base = Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, suffix = base, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = base.with_name(f"{base.name}-{suffix}")
+    return candidate
 
 
 def validate(servers: list[str], scenarios: list[str]) -> None:

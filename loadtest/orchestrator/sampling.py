@@ -1,10 +1,12 @@
-"""Sampling while a scenario runs: the server's /metrics and process, the load generator's
-metrics and CPU, appended to a JSON Lines file as each sample arrives, so that an interrupted
-run keeps everything measured up to the interruption."""
+"""Sampling while a scenario runs: the server's /metrics and process (RSS and CPU from /proc),
+the load generator's metrics, exact latency histograms and CPU, appended to samples.jsonl as
+each sample arrives, so that an interrupted run keeps everything measured up to the
+interruption."""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.request
@@ -12,15 +14,28 @@ from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel
+
+from loadtest import histograms
+from loadtest.records import (
+    ClientSnapshot,
+    RouteHistograms,
+    RunKey,
+    Sample,
+    ServerSnapshot,
+    dump_line,
+)
 
 SAMPLE_INTERVAL_S = 0.5
 # A scrape slower than this is recorded as missing, so a saturated server cannot stretch the
 # time between samples past a second.
 SCRAPE_TIMEOUT_S = 0.8
+# /proc counts CPU time in clock ticks: a CPU figure from two readings is off by up to two.
+CPU_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 def scrape(url: str) -> list | None:
@@ -45,75 +60,93 @@ def _scrape_all(urls: Iterable[str]) -> list | None:
     return merged
 
 
-def _buckets(samples: list, name: str, by: str | None = None) -> dict:
-    """Cumulative bucket counts {le: count} of histogram `name`, summed over its other labels
-    (or {label value: {le: count}} with `by`)."""
-    grouped: dict = defaultdict(lambda: defaultdict(float))
+def _buckets(samples: list, name: str) -> dict[str, float]:
+    """Cumulative bucket counts {le: count} of histogram `name`, summed over its labels."""
+    grouped: dict[str, float] = defaultdict(float)
     for sample in samples:
         if sample.name == f"{name}_bucket":
-            key = sample.labels.get(by, "") if by else ""
-            grouped[key][sample.labels["le"]] += sample.value
-    if by:
-        return {key: dict(value) for key, value in grouped.items()}
-    return dict(grouped.get("", {}))
-
-
-def _sums(samples: list, name: str, by: str) -> dict[str, float]:
-    """The `_sum` of histogram `name` per value of label `by` (exact means, where buckets
-    only bound a percentile)."""
-    sums: dict[str, float] = defaultdict(float)
-    for sample in samples:
-        if sample.name == f"{name}_sum":
-            sums[sample.labels.get(by, "")] += sample.value
-    return dict(sums)
+            grouped[sample.labels["le"]] += sample.value
+    return dict(grouped)
 
 
 def _total(samples: list, name: str, **labels: str) -> float:
     return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
 
 
-def server_snapshot(samples: list) -> dict[str, Any]:
-    return {
-        "rss_bytes": _total(samples, "process_resident_memory_bytes"),
-        "cpu_seconds": _total(samples, "process_cpu_seconds_total"),
-        "active_requests": _total(samples, "http_server_active_requests"),
-        "open_connections": _total(samples, "http_server_open_connections"),
-        "tasks": _total(samples, "stackbench_tasks"),
-        "lag": _buckets(samples, "stackbench_scheduler_lag_seconds"),
-        "requests": _buckets(samples, "http_server_request_duration_seconds"),
-    }
+def server_snapshot(samples: list) -> ServerSnapshot:
+    return ServerSnapshot(
+        active_requests=_total(samples, "http_server_active_requests"),
+        open_connections=_total(samples, "http_server_open_connections"),
+        tasks=_total(samples, "stackbench_tasks"),
+        lag=_buckets(samples, "stackbench_scheduler_lag_seconds"),
+    )
 
 
-def client_snapshot(samples: list) -> dict[str, Any]:
-    return {
+def client_snapshot(samples: list) -> ClientSnapshot:
+    return ClientSnapshot(
         # A master reports its workers' users again: count the processes that run users.
-        "users": sum(
+        users=sum(
             s.value
             for s in samples
             if s.name == "stackbench_client_users" and s.labels.get("role") != "master"
         ),
-        "intended": _total(samples, "stackbench_client_intended_requests_total"),
-        "dropped": _total(samples, "stackbench_client_dropped_arrivals_total"),
-        "errors": _total(
-            samples, "stackbench_client_request_duration_seconds_count", outcome="error"
-        ),
-        "latency": _buckets(samples, "stackbench_client_request_duration_seconds", by="route"),
-        "latency_sum": _total(samples, "stackbench_client_request_duration_seconds_sum"),
-        "latency_sums": _sums(samples, "stackbench_client_request_duration_seconds", by="route"),
-        "service": _buckets(samples, "stackbench_client_service_duration_seconds", by="route"),
-    }
+        intended=_total(samples, "stackbench_client_intended_requests_total"),
+        dropped=_total(samples, "stackbench_client_dropped_arrivals_total"),
+        errors=_total(samples, "stackbench_client_request_duration_seconds_count", outcome="error"),
+        completed=_total(samples, "stackbench_client_request_duration_seconds_count"),
+    )
+
+
+class LatencyReader:
+    """Reads the exact latency intervals of several Locust processes (/latency), each
+    acknowledged only once received, and merges them per route for one target."""
+
+    def __init__(self, urls: list[str], target: str) -> None:
+        self.target = target
+        self._acknowledged = dict.fromkeys(urls, 0)
+
+    def read(self) -> dict[str, RouteHistograms] | None:
+        """What completed since the last successful read; None if a process did not answer
+        (what it held comes with the next read)."""
+        fetched = {}
+        for url, acknowledged in self._acknowledged.items():
+            try:
+                with urllib.request.urlopen(
+                    f"{url}/latency?ack={acknowledged}", timeout=SCRAPE_TIMEOUT_S
+                ) as response:
+                    fetched[url] = json.loads(response.read())["intervals"]
+            except (OSError, ValueError, KeyError):
+                return None
+        per_route: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        for url, intervals in fetched.items():
+            for interval in intervals:
+                for route, encoded in interval["histograms"].get(self.target, {}).items():
+                    for kind, histogram in encoded.items():
+                        per_route[route][kind].append(histogram)
+            if intervals:
+                self._acknowledged[url] = intervals[-1]["seq"]
+        return {
+            route: RouteHistograms(
+                latency=histograms.encode(histograms.merge(kinds["latency"])),
+                service=histograms.encode(histograms.merge(kinds["service"]))
+                if kinds.get("service")
+                else None,
+            )
+            for route, kinds in per_route.items()
+        }
 
 
 class SampleLog:
-    """samples.jsonl: one JSON object per line, flushed as written."""
+    """samples.jsonl: one record per line, flushed as written. Never appends to a file that
+    exists: a second run into the same place must not mix with the first."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[str] = path.open("a", encoding="utf-8")
+        self._file: IO[str] = path.open("x", encoding="utf-8")
         self._lock = threading.Lock()
 
-    def write(self, record: dict) -> None:
-        line = json.dumps(record, separators=(",", ":"))
+    def write(self, record: BaseModel) -> None:
+        line = dump_line(record)
         with self._lock:
             self._file.write(line + "\n")
             self._file.flush()
@@ -122,34 +155,23 @@ class SampleLog:
         self._file.close()
 
 
-def read_samples(path: Path) -> tuple[list[dict], int]:
-    """Every complete line of a samples file, and how many lines were unreadable (a run killed
-    mid-write leaves at most one)."""
-    records, broken = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            broken += 1
-    return records, broken
-
-
 class Sampler:
-    """A thread that samples one server and one Locust process until stopped."""
+    """A thread that samples one server and its Locust processes until stopped."""
 
     def __init__(
         self,
         log: SampleLog,
-        labels: dict[str, Any],
+        key: RunKey,
         server_url: str,
         server_pid: int,
         client_urls: list[str],
         driver_pid: int,
     ) -> None:
         self.log = log
-        self.labels = labels
+        self.key = key
         self.server_url = server_url
         self.client_urls = client_urls
+        self.latency = LatencyReader(client_urls, key.server)
         self.server = _process(server_pid)
         self.driver = _process(driver_pid)
         self.samples_taken = 0
@@ -172,20 +194,23 @@ class Sampler:
             self.samples_taken += 1
             self._stop.wait(max(0.0, SAMPLE_INTERVAL_S - (time.monotonic() - started)))
 
-    def sample(self) -> dict[str, Any]:
+    def sample(self) -> Sample:
         # Server and driver at once: one slow scrape does not delay the other.
         server_future = self._scrapers.submit(scrape, self.server_url + "/metrics")
         client_metrics = _scrape_all(url + "/metrics" for url in self.client_urls)
+        latency = self.latency.read()
         server_metrics = server_future.result()
-        return {
-            **self.labels,
-            "t": time.time(),
-            "server": server_snapshot(server_metrics) if server_metrics is not None else None,
-            "client": client_snapshot(client_metrics) if client_metrics is not None else None,
-            "server_rss_bytes": _rss(self.server),  # from /proc, independent of the server
-            "server_alive": _alive(self.server),
-            "driver_cpu_seconds": _cpu_seconds(self.driver),
-        }
+        return Sample(
+            key=self.key,
+            t=time.time(),
+            server=server_snapshot(server_metrics) if server_metrics is not None else None,
+            client=client_snapshot(client_metrics) if client_metrics is not None else None,
+            latency=latency,
+            server_rss_bytes=_rss(self.server),
+            server_cpu_seconds=cpu_seconds(self.server, children=False),
+            server_alive=_alive(self.server),
+            driver_cpu_seconds=cpu_seconds(self.driver, children=True),
+        )
 
 
 def _process(pid: int) -> psutil.Process | None:
@@ -209,14 +234,16 @@ def _rss(process: psutil.Process | None) -> float | None:
         return None
 
 
-def _cpu_seconds(process: psutil.Process | None) -> float | None:
-    """CPU of the Locust process and any workers it forked."""
+def cpu_seconds(process: psutil.Process | None, children: bool) -> float | None:
+    """utime + stime from /proc (clock ticks: CPU_TICK_S each), with `children` those of
+    the processes it forked (Locust's workers) too."""
     if process is None:
         return None
     try:
         total = sum(process.cpu_times()[:2])
-        for child in process.children(recursive=True):
-            total += sum(child.cpu_times()[:2])
+        if children:
+            for child in process.children(recursive=True):
+                total += sum(child.cpu_times()[:2])
         return total
     except psutil.Error:
         return None

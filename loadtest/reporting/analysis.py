@@ -1,7 +1,6 @@
-"""From samples to figures: per-step rates and percentiles, the driver audit, the memory fit.
-
-Everything here is computed from samples.jsonl alone, so `stackbench report DIR` rebuilds the
-same results from a finished, interrupted or crashed run.
+"""From samples to figures: each load level's rate, exact percentiles, CPU per request and the
+driver audit; the memory fits. I/O-free: everything comes from samples.jsonl's records, so
+`stackbench report DIR` rebuilds the same results from a finished, interrupted or crashed run.
 """
 
 from __future__ import annotations
@@ -9,155 +8,202 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from itertools import groupby, pairwise
-from typing import Any
 
-from loadtest.driver.scenarios import BLOCKING_MS, INLINE, OFFLOADED
+from loadtest import histograms
+from loadtest.records import (
+    HeldPoint,
+    LinearFit,
+    RouteFigures,
+    RouteHistograms,
+    Sample,
+    Step,
+)
 
-# The load generator is the bottleneck when it uses this much of the CPU it was given.
-DRIVER_BUSY_FRACTION = 0.85
+__all__ = [
+    "BUSY_FRACTION",
+    "bucket_bound",
+    "cpu_step",
+    "held_fit",
+    "lag_series",
+    "linear_fit",
+    "memory_fit",
+    "step_figures",
+    "steps",
+]
+
+# A process using this much of the CPU it was given is the bottleneck: the load generator
+# (the step is then "driver-bound") or the server ("saturated").
+BUSY_FRACTION = 0.85
+PERCENTILES = (50.0, 99.0, 99.9, 100.0)
 
 
-def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {le: count - before.get(le, 0.0) for le, count in after.items()}
-
-
-def quantile(q: float, buckets: dict[str, float]) -> float | None:
-    """Prometheus' histogram_quantile over cumulative bucket counts {le: count}."""
+def bucket_bound(q: float, buckets: dict[str, float]) -> float | None:
+    """The upper bound of the Prometheus bucket that holds quantile q: all that cumulative
+    buckets say about it (interpolating inside the bucket would invent digits). None when
+    nothing was counted; +inf when it lies beyond the last finite bucket."""
     bounds = sorted((float(le), count) for le, count in buckets.items())
     if not bounds or bounds[-1][1] <= 0:
         return None
     rank = q * bounds[-1][1]
-    lower, below = 0.0, 0.0
-    for upper, count in bounds:
-        if count >= rank:
-            if math.isinf(upper):
-                return lower  # beyond the last finite bucket: its bound is all we know
-            if count == below:
-                return upper
-            return lower + (upper - lower) * (rank - below) / (count - below)
-        lower, below = upper, count
-    return lower
+    return next(upper for upper, count in bounds if count >= rank)
 
 
-def sum_routes(per_route: dict[str, dict[str, float]]) -> dict[str, float]:
-    total: dict[str, float] = defaultdict(float)
-    for buckets in per_route.values():
-        for le, count in buckets.items():
-            total[le] += count
-    return dict(total)
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {le: count - before.get(le, 0.0) for le, count in after.items()}
 
 
-def _count(buckets: dict[str, float]) -> float:
-    return buckets.get("+Inf", 0.0)
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000
-
-
-def _median(values: list[float | None]) -> float | None:
+def _median(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
 
 
-def step_figures(window: list[dict], driver_cores: int) -> dict[str, Any] | None:
-    """Figures for one load level from its samples (first and last bound the deltas)."""
-    usable = [s for s in window if s.get("client") and s.get("server")]
+def _ms_or_none(value: float | None) -> float | None:
+    return None if value is None or math.isinf(value) else value * 1000
+
+
+def _merged(intervals: list[dict[str, RouteHistograms]], kind: str) -> dict[str, object]:
+    per_route: dict[str, list[str]] = defaultdict(list)
+    for interval in intervals:
+        for route, item in interval.items():
+            encoded = getattr(item, kind)
+            if encoded is not None:
+                per_route[route].append(encoded)
+    return {route: histograms.merge(items) for route, items in per_route.items()}
+
+
+def _route_figures(histogram) -> RouteFigures:
+    values = histograms.percentiles_ms(histogram, PERCENTILES)
+    return RouteFigures(
+        count=histogram.get_total_count(),
+        p50_ms=values[50.0],
+        p99_ms=values[99.0],
+        p999_ms=values[99.9],
+        max_ms=values[100.0],
+        mean_ms=histogram.get_mean_value() / 1000,
+    )
+
+
+def cpu_step(
+    cpu_seconds: float, seconds: float, completed: float, idle_cpu: float, cpu_tick_s: float
+) -> tuple[float | None, float | None]:
+    """Server CPU per completed request in µs, the idle load (timers, the run's own scrapes)
+    subtracted, and its error from /proc's tick resolution (two readings, a tick each)."""
+    if completed <= 0:
+        return None, None
+    busy = max(0.0, cpu_seconds - idle_cpu * seconds)
+    return busy / completed * 1e6, 2 * cpu_tick_s / completed * 1e6
+
+
+def step_figures(
+    window: list[Sample], driver_cores: int, idle_cpu: float = 0.0, cpu_tick_s: float = 0.01
+) -> Step | None:
+    """Figures for one load level from its samples: the first and last usable ones bound the
+    counters' deltas; the latency intervals between them hold every request that completed."""
+    usable = [s for s in window if s.client and s.server]
     if len(usable) < 2:
         return None
     first, last = usable[0], usable[-1]
-    seconds = last["t"] - first["t"]
+    seconds = last.t - first.t
     if seconds <= 0:
         return None
-    c0, c1 = first["client"], last["client"]
-    per_route = {
-        route: delta(buckets, c0["latency"].get(route, {}))
-        for route, buckets in c1["latency"].items()
-    }
-    latency = sum_routes(per_route)
-    service = sum_routes({r: delta(b, c0["service"].get(r, {})) for r, b in c1["service"].items()})
-    completed = _count(latency)
+    c0, c1 = first.client, last.client
+    s0, s1 = first.server, last.server
+    assert c0 and c1 and s0 and s1  # for the type checker: filtered above
+    intervals = [s.latency for s in window if first.t < s.t <= last.t and s.latency]
+    latency = _merged(intervals, "latency")
+    service = _merged(intervals, "service") or latency
+    routes = {route: _route_figures(h) for route, h in latency.items() if h.get_total_count()}
+    everything = histograms.merge(
+        histograms.encode(h) for h in latency.values() if h.get_total_count()
+    )
+    overall = _route_figures(everything) if everything.get_total_count() else None
+    uncorrected = histograms.merge(
+        histograms.encode(h) for h in service.values() if h.get_total_count()
+    )
+    p99_uncorrected = histograms.percentiles_ms(uncorrected, (99.0,)).get(99.0)
+    completed = c1.completed - c0.completed
     achieved = completed / seconds
-    mean_latency = (c1["latency_sum"] - c0["latency_sum"]) / completed if completed else None
-    s0, s1 = first["server"], last["server"]
+    cpu_used = None
+    if first.server_cpu_seconds is not None and last.server_cpu_seconds is not None:
+        cpu_used = last.server_cpu_seconds - first.server_cpu_seconds
+    cpu_us, cpu_error = (None, None)
+    if cpu_used is not None:
+        cpu_us, cpu_error = cpu_step(cpu_used, seconds, completed, idle_cpu, cpu_tick_s)
     driver_cpu = None
-    if first.get("driver_cpu_seconds") is not None and last.get("driver_cpu_seconds") is not None:
-        driver_cpu = (last["driver_cpu_seconds"] - first["driver_cpu_seconds"]) / seconds
-    users = c1["users"]
-    little = achieved * mean_latency if mean_latency is not None else None
-    return {
-        "users": users,
-        "seconds": seconds,
-        "completed": completed,
-        "achieved_rps": achieved,
-        "intended_rps": (c1["intended"] - c0["intended"]) / seconds,
-        "dropped": c1["dropped"] - c0["dropped"],
-        "errors": c1["errors"] - c0["errors"],
-        "p50_ms": _ms(quantile(0.5, latency)),
-        "p99_ms": _ms(quantile(0.99, latency)),
-        "p99_uncorrected_ms": _ms(quantile(0.99, service)),
-        "mean_ms": _ms(mean_latency),
-        "routes": {
-            route: {
-                "p50_ms": _ms(quantile(0.5, buckets)),
-                "p99_ms": _ms(quantile(0.99, buckets)),
-                "mean_ms": _ms(
-                    (
-                        c1.get("latency_sums", {}).get(route, 0.0)
-                        - c0.get("latency_sums", {}).get(route, 0.0)
-                    )
-                    / _count(buckets)
-                ),
-                "count": _count(buckets),
-            }
-            for route, buckets in per_route.items()
-            if _count(buckets)
-        },
-        "server_p99_ms": _ms(quantile(0.99, delta(s1["requests"], s0["requests"]))),
-        "lag_p99_ms": _ms(quantile(0.99, delta(s1["lag"], s0["lag"]))),
-        "server_cpu": (s1["cpu_seconds"] - s0["cpu_seconds"]) / seconds,
-        "driver_cpu": driver_cpu,
-        "rss_bytes": _median([s.get("server_rss_bytes") for s in usable]),
-        "active_requests": _median([s["server"]["active_requests"] for s in usable]),
-        "tasks": _median([s["server"]["tasks"] for s in usable]),
+    if first.driver_cpu_seconds is not None and last.driver_cpu_seconds is not None:
+        driver_cpu = (last.driver_cpu_seconds - first.driver_cpu_seconds) / seconds
+    gross_server_cpu = (cpu_used or 0.0) / seconds
+    mean_ms = overall.mean_ms if overall else None
+    return Step(
+        users=c1.users,
+        seconds=seconds,
+        completed=round(completed),
+        achieved_rps=achieved,
+        intended_rps=(c1.intended - c0.intended) / seconds,
+        dropped=c1.dropped - c0.dropped,
+        errors=c1.errors - c0.errors,
+        p50_ms=overall.p50_ms if overall else None,
+        p99_ms=overall.p99_ms if overall else None,
+        p999_ms=overall.p999_ms if overall else None,
+        max_ms=overall.max_ms if overall else None,
+        mean_ms=mean_ms,
+        p99_uncorrected_ms=p99_uncorrected,
+        routes=routes,
+        lag_p99_at_most_ms=_ms_or_none(bucket_bound(0.99, _delta(s1.lag, s0.lag))),
+        server_cpu=max(0.0, gross_server_cpu - idle_cpu),
+        cpu_us_per_request=cpu_us,
+        cpu_us_error=cpu_error,
+        driver_cpu=driver_cpu,
+        rss_bytes=_median(s.server_rss_bytes for s in usable),
+        active_requests=_median(s.server.active_requests for s in usable if s.server),
+        tasks=_median(s.server.tasks for s in usable if s.server),
         # Little's law: requests in flight = throughput x latency. In the closed model that
         # should match the users; far below means requests waited in the driver, not the server.
-        "littles_in_flight": little,
-        "driver_bound": driver_cpu is not None
-        and driver_cpu >= DRIVER_BUSY_FRACTION * driver_cores,
-    }
+        littles_in_flight=achieved * mean_ms / 1000 if mean_ms is not None else None,
+        driver_bound=driver_cpu is not None and driver_cpu >= BUSY_FRACTION * driver_cores,
+        server_saturated=gross_server_cpu >= BUSY_FRACTION,
+    )
 
 
 def steps(
-    samples: list[dict], driver_cores: int, levels: list[int] | None = None
-) -> list[dict[str, Any]]:
+    samples: list[Sample],
+    driver_cores: int,
+    levels: list[int] | None = None,
+    idle_cpu: float = 0.0,
+    cpu_tick_s: float = 0.01,
+) -> list[Step]:
     """Split one scenario run's samples by load level (the users gauge), dropping the first
     sample of each level (the ramp) and any user count that is not a planned level (Locust
     stopping its users at the end passes through several), and compute each level's figures."""
-    ordered = [s for s in samples if s.get("client")]
+    ordered = [s for s in samples if s.client]
     result = []
-    for users, group in groupby(ordered, key=lambda s: s["client"]["users"]):
+    for users, group in groupby(ordered, key=lambda s: s.client.users if s.client else 0):
         window = list(group)[1:]
         if window and users > 0 and (levels is None or users in levels):
-            figures = step_figures(window, driver_cores)
+            # The latency intervals of samples whose client scrape failed still count.
+            span = [s for s in samples if window[0].t <= s.t <= window[-1].t]
+            figures = step_figures(span, driver_cores, idle_cpu, cpu_tick_s)
             if figures:
                 result.append(figures)
     return result
 
 
-def lag_series(samples: list[dict]) -> list[tuple[float, float]]:
-    """(seconds since the first sample, scheduler-lag p99 in ms between two samples)."""
-    usable = [s for s in samples if s.get("server")]
+def lag_series(samples: list[Sample]) -> list[tuple[float, float]]:
+    """(seconds since the first sample, upper bound of the scheduler lag's p99 in ms between
+    two samples)."""
+    usable = [s for s in samples if s.server]
     series = []
     for before, after in pairwise(usable):
-        p99 = quantile(0.99, delta(after["server"]["lag"], before["server"]["lag"]))
-        if p99 is not None:
-            series.append((after["t"] - usable[0]["t"], p99 * 1000))
+        assert before.server and after.server
+        bound = _ms_or_none(bucket_bound(0.99, _delta(after.server.lag, before.server.lag)))
+        if bound is not None:
+            series.append((after.t - usable[0].t, bound))
     return series
 
 
-def linear_fit(points: list[tuple[float, float]]) -> dict[str, float] | None:
+def linear_fit(points: list[tuple[float, float]]) -> LinearFit | None:
     """Least squares y = slope * x + intercept, with r^2."""
     if len(points) < 2:
         return None
@@ -170,103 +216,20 @@ def linear_fit(points: list[tuple[float, float]]) -> dict[str, float] | None:
     intercept = mean_y - slope * mean_x
     ss_tot = sum((y - mean_y) ** 2 for y in ys)
     ss_res = sum((y - (slope * x + intercept)) ** 2 for x, y in points)
-    return {
-        "slope": slope,
-        "intercept": intercept,
-        "r2": 1 - ss_res / ss_tot if ss_tot else 1.0,
-        "points": len(points),
-    }
+    return LinearFit(
+        slope=slope, intercept=intercept, r2=1 - ss_res / ss_tot if ss_tot else 1.0,
+        points=len(points),
+    )  # fmt: skip
 
 
-def memory_fit(run_steps: list[dict]) -> dict[str, float] | None:
-    """Bytes per in-flight request: RSS against requests in flight across io_hold's levels."""
-    points = [
-        (s["active_requests"], s["rss_bytes"])
-        for s in run_steps
-        if s["active_requests"] and s["rss_bytes"]
-    ]
-    return linear_fit(points)
+def memory_fit(run_steps: list[Step]) -> LinearFit | None:
+    """Bytes per in-flight request under Locust: RSS against requests in flight across
+    io_hold's levels."""
+    return linear_fit([
+        (s.active_requests, s.rss_bytes) for s in run_steps if s.active_requests and s.rss_bytes
+    ])  # fmt: skip
 
 
-def headline(runs: list[dict]) -> dict[str, Any]:
-    """One row per server of the figures a reader wants first (medians over repeats, with the
-    spread)."""
-    by_server: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        figures = by_server[run["server"]]
-        run_steps = run["steps"]
-        if not run_steps:
-            continue
-        key = (run["scenario"], run["model"])
-        if key == ("plaintext", "closed"):
-            top = max(run_steps, key=lambda s: s["achieved_rps"])
-            figures["ceiling_rps"].append(top["achieved_rps"])
-            figures["ceiling_driver_bound"].append(top["driver_bound"])
-        elif key == ("io_hold", "closed") and run.get("fit"):
-            figures["bytes_per_request"].append(run["fit"]["slope"])
-            figures["bytes_per_request_r2"].append(run["fit"]["r2"])
-        elif key == ("starvation", "closed"):
-            figures["starvation_lag_p99_ms"].append(
-                max((s["lag_p99_ms"] or 0.0) for s in run_steps)
-            )
-        elif key == ("offload", "closed"):
-            # The lightest level: what the hop to a thread and back costs, not queueing.
-            # The mean, exact from the histogram's sum: a thread hop is far below the width
-            # of the bucket around a 20 ms call.
-            light = run_steps[0]["routes"]
-            if OFFLOADED in light:
-                figures["offload_overhead_ms"].append(light[OFFLOADED]["mean_ms"] - BLOCKING_MS)
-        elif key == ("coloring", "closed"):
-            top = run_steps[-1]["routes"]
-            if "/json" in top:
-                figures["coloring_probe_p99_ms"].append(top["/json"]["p99_ms"])
-            if INLINE in top:
-                figures["inline_p50_ms"].append(top[INLINE]["p50_ms"])
-        elif key == ("starvation", "open"):
-            step = run_steps[-1]
-            figures["fixed_load_rps"].append(step["intended_rps"])
-            figures["fixed_load_p50_ms"].append(step["p50_ms"])
-            figures["fixed_load_p99_ms"].append(step["p99_ms"])
-            figures["fixed_load_p99_uncorrected_ms"].append(step["p99_uncorrected_ms"])
-            figures["fixed_load_driver_bound"].append(step["driver_bound"])
-    return {server: _summarise(figures) for server, figures in by_server.items()}
-
-
-def _summarise(figures: dict[str, list]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for name, values in figures.items():
-        if name.endswith("driver_bound"):
-            summary[name] = any(values)
-            continue
-        present = [v for v in values if v is not None]
-        if present:
-            summary[name] = {
-                "median": statistics.median(present),
-                "min": min(present),
-                "max": max(present),
-                "n": len(present),
-            }
-    return summary
-
-
-def compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """Lines saying which headline figures moved between two results files, and how much."""
-    lower_is_better = ("_ms", "bytes_per_request")
-    lines = []
-    for server in sorted(set(before) | set(after)):
-        for name in sorted(set(before.get(server, {})) | set(after.get(server, {}))):
-            a, b = before.get(server, {}).get(name), after.get(server, {}).get(name)
-            if not isinstance(a, dict) or not isinstance(b, dict) or not a["median"]:
-                continue
-            change = (b["median"] - a["median"]) / abs(a["median"])
-            # Within both runs' spread it is not a difference.
-            overlap = a["min"] <= b["max"] and b["min"] <= a["max"] and (a["n"] > 1 or b["n"] > 1)
-            better = change < 0 if name.endswith(lower_is_better) else change > 0
-            verdict = (
-                "noise" if overlap or abs(change) < 0.05 else ("better" if better else "worse")
-            )
-            lines.append(
-                f"{server:<8} {name:<32} {a['median']:>12.4g} -> {b['median']:>12.4g} "
-                f"({change:+.1%}) {verdict}"
-            )
-    return lines
+def held_fit(points: list[HeldPoint]) -> LinearFit | None:
+    """Bytes per in-flight request with raw held connections and no Locust traffic."""
+    return linear_fit([(p.in_flight, p.rss_bytes) for p in points])

@@ -6,9 +6,12 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
-from typing import Any
 
 from loadtest.driver.scenarios import BLOCKING_MS
+from loadtest.histograms import RELATIVE_ERROR
+from loadtest.records import Figure, Results, ScenarioRun
+from loadtest.reporting.figures import MEMORY_DISAGREEMENT
+from loadtest.reporting.formatting import number
 from servers.contract import IMPLS
 
 COLOURS = {
@@ -33,12 +36,14 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .bad { background: #f8d0d0; color: #8a0000; border-radius: 3px; padding: 0 4px; }
 .charts { display: flex; flex-wrap: wrap; gap: 16px; }
 .note { color: #666; font-size: 0.9em; }
+.warn { background: #fff4d6; border-left: 4px solid #e0a800; padding: 6px 10px; }
 .swatch { display: inline-block; width: 10px; height: 10px; margin-right: 4px; }
 svg text { font: 11px system-ui, sans-serif; fill: #333; }
 """
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
+    """Chart tick labels."""
     if value is None:
         return "&ndash;"
     if abs(value) >= 1000:
@@ -46,16 +51,22 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
-def _cell(figure: dict | None, scale: float = 1.0, digits: int = 1) -> str:
-    """A headline figure: its median, with the spread when it was measured more than once."""
-    if not figure:
+def _cell(figure: Figure | None, scale: float = 1.0, prefix: str = "") -> str:
+    """A headline figure: its median, with the spread when it was measured more than once;
+    no more digits than its stated error (or 3 significant) support."""
+    if figure is None:
         return '<td class="num">&ndash;</td>'
-    text = _fmt(figure["median"] * scale, digits)
-    if figure["n"] > 1:
+    error = figure.error * scale if figure.error else None
+    text = prefix + number(figure.median * scale, error)
+    if figure.n > 1:
         text += (
-            f' <span class="note">({_fmt(figure["min"] * scale, digits)}&ndash;'
-            f"{_fmt(figure['max'] * scale, digits)}, n={figure['n']})</span>"
+            f' <span class="note">({number(figure.min * scale, error)}&ndash;'
+            f"{number(figure.max * scale, error)}, n={figure.n})</span>"
         )
+    if figure.at_rps is not None:
+        text += f' <span class="note">at {number(figure.at_rps)}/s</span>'
+    if figure.driver_bound:
+        text += ' <span class="flag">driver-bound</span>'
     return f'<td class="num">{text}</td>'
 
 
@@ -166,133 +177,201 @@ def bar_chart(title: str, bars: list[tuple[str, float]], width: int = 640) -> st
     return "".join(parts)
 
 
-def _runs(results: dict, scenario: str, model: str) -> list[dict]:
+def _runs(results: Results, scenario: str, model: str) -> list[ScenarioRun]:
     """The first repeat's runs of a scenario, servers in their usual order (a chart draws one
     line per server; the headline table holds the medians)."""
     order = {impl: index for index, impl in enumerate(IMPLS)}
     runs = [
         r
-        for r in results["runs"]
-        if r["scenario"] == scenario and r["model"] == model and r["repeat"] == 0
+        for r in results.runs
+        if r.key.scenario == scenario and r.key.model == model and r.key.repeat == 0
     ]
-    return sorted(runs, key=lambda r: order.get(r["server"], len(order)))
+    return sorted(runs, key=lambda r: order.get(r.key.server, len(order)))
 
 
-def _chart_latency_vs_load(results: dict) -> str:
+def _chart_latency_vs_load(results: Results) -> str:
     series: dict[str, list] = {}
     for run in _runs(results, "plaintext", "closed"):
-        series.setdefault(run["server"], []).extend(
-            (s["achieved_rps"], s["p99_ms"] or 0.0, s["driver_bound"]) for s in run["steps"]
+        series.setdefault(run.key.server, []).extend(
+            (s.achieved_rps, s.p99_ms or 0.0, s.driver_bound) for s in run.steps
         )
     return line_chart("Latency vs load (plaintext)", "requests per second", "p99 ms", series)
 
 
-def _chart_memory(results: dict) -> str:
+def _chart_memory(results: Results) -> str:
     series: dict[str, list] = {}
     for run in _runs(results, "io_hold", "closed"):
-        series.setdefault(run["server"], []).extend(
-            (s["active_requests"] or 0.0, (s["rss_bytes"] or 0.0) / 2**20, False)
-            for s in run["steps"]
+        series.setdefault(run.key.server, []).extend(
+            (s.active_requests or 0.0, (s.rss_bytes or 0.0) / 2**20, False) for s in run.steps
         )
     return line_chart("RSS vs requests in flight (io_hold)", "requests in flight", "RSS MiB",
                       series)  # fmt: skip
 
 
-def _chart_lag(results: dict) -> str:
+def _chart_lag(results: Results) -> str:
     series: dict[str, list] = {}
     for run in _runs(results, "starvation", "closed"):
-        series[run["server"]] = [(t, lag, False) for t, lag in run.get("lag_series", [])]
-    return line_chart("Scheduler lag over time (starvation)", "seconds", "lag p99 ms", series)
+        series[run.key.server] = [(t, lag, False) for t, lag in run.lag_series or []]
+    return line_chart("Scheduler lag over time (starvation)", "seconds", "lag p99 ms (at most)",
+                      series)  # fmt: skip
 
 
-def _headline_table(results: dict) -> str:
-    rows = []
+def _swatch(server: str) -> str:
+    colour = COLOURS.get(server, OTHER_COLOUR)
+    return f'<span class="swatch" style="background:{colour}"></span>{html.escape(server)}'
+
+
+def _servers(results: Results) -> list[str]:
     order = {impl: index for index, impl in enumerate(IMPLS)}
-    for server, figures in sorted(
-        results["headline"].items(), key=lambda item: order.get(item[0], len(order))
-    ):
-        colour = COLOURS.get(server, OTHER_COLOUR)
-        ceiling = _cell(figures.get("ceiling_rps"), digits=0)
-        if figures.get("ceiling_driver_bound"):
-            ceiling = ceiling.replace(
+    return sorted(results.headline, key=lambda s: (order.get(s, len(order)), s))
+
+
+def _cpu_table(results: Results) -> str:
+    scenarios = sorted({s for h in results.headline.values() for s in h.cpu_us_per_request},
+                       key=lambda s: list(results.scenarios).index(s)
+                       if s in results.scenarios else 99)  # fmt: skip
+    if not scenarios:
+        return '<p class="note">No step qualified for CPU per request.</p>'
+    head = "".join(f"<th>{html.escape(s)}</th>" for s in scenarios)
+    rows = []
+    for server in _servers(results):
+        figures = results.headline[server].cpu_us_per_request
+        capacity = results.headline[server].capacity_rps_per_core.get("plaintext")
+        cells = "".join(_cell(figures.get(s)) for s in scenarios)
+        rows.append(f"<tr><th>{_swatch(server)}</th>{cells}{_cell(capacity)}</tr>")
+    return (
+        f"<table><tr><th>server</th>{head}<th>plaintext capacity implied, req/s per core</th>"
+        "</tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _ceiling_cell(results: Results, server: str) -> str:
+    headline = results.headline[server]
+    ceiling = headline.figures.get("ceiling_rps")
+    if ceiling is None:
+        return '<td class="num">&ndash;</td>'
+    if not ceiling.driver_bound:
+        return _cell(ceiling)
+    capacity = headline.capacity_rps_per_core.get("plaintext")
+    implied = f"; its CPU per request implies {number(capacity.median)}/core" if capacity else ""
+    return (
+        '<td class="num"><span class="flag" title="the load generator was saturated: this is '
+        f"what Locust could drive, not the server's ceiling\">driver-bound</span> Locust "
+        f"reached {number(ceiling.median)}{implied}</td>"
+    )
+
+
+def _memory_cell(results: Results, server: str) -> str:
+    figures = results.headline[server].figures
+    locust, raw = figures.get("bytes_per_request"), figures.get("held_bytes_per_request")
+    text = _cell(locust, 1 / 1024)
+    if locust and raw:
+        gap = abs(locust.median - raw.median) / raw.median
+        if gap > MEMORY_DISAGREEMENT:
+            text = text.replace(
                 "</td>",
-                ' <span class="flag" title="the load generator was saturated: a lower bound, '
-                "not the server's ceiling\">driver-bound</span></td>",
+                f' <span class="flag" title="the two methods differ by more than '
+                f'{MEMORY_DISAGREEMENT:.0%}">differs {gap:.0%}</span></td>',
             )
-        fit_r2 = figures.get("bytes_per_request_r2")
-        memory = _cell(figures.get("bytes_per_request"), 1 / 1024, 1)
-        if fit_r2:
-            memory = memory.replace(
-                "</td>", f' <span class="note">r²={fit_r2["median"]:.2f}</span></td>'
-            )
-        rows.append(
-            f'<tr><th><span class="swatch" style="background:{colour}"></span>{server}</th>'
-            f"{ceiling}{_cell(figures.get('fixed_load_p50_ms'))}"
-            f"{_cell(figures.get('fixed_load_p99_ms'))}"
-            f"{_cell(figures.get('fixed_load_p99_uncorrected_ms'))}{memory}"
-            f"{_cell(figures.get('starvation_lag_p99_ms'))}"
-            f"{_cell(figures.get('offload_overhead_ms'))}"
-            f"{_cell(figures.get('coloring_probe_p99_ms'))}</tr>"
-        )
+    return text + _cell(raw, 1 / 1024)
+
+
+def _headline_table(results: Results) -> str:
+    rows = []
+    for server in _servers(results):
+        figures = results.headline[server].figures
+        cells = [
+            _ceiling_cell(results, server),
+            _cell(figures.get("fixed_load_p50_ms")),
+            _cell(figures.get("fixed_load_p99_ms")),
+            _cell(figures.get("fixed_load_p99_uncorrected_ms")),
+            _memory_cell(results, server),
+            _cell(figures.get("starvation_lag_p99_ms"), prefix="&le; "),
+            _cell(figures.get("starvation_probe_p99_ms")),
+            _cell(figures.get("offload_overhead_ms")),
+            _cell(figures.get("coloring_probe_p99_ms")),
+        ]
+        rows.append(f"<tr><th>{_swatch(server)}</th>{''.join(cells)}</tr>")
     return (
         "<table><tr><th>server</th><th>plaintext ceiling req/s</th>"
         "<th>p50 ms at fixed load</th><th>p99 ms at fixed load</th>"
-        "<th>p99 ms uncorrected</th><th>KiB per in-flight request</th>"
+        "<th>p99 ms uncorrected</th><th>KiB per in-flight request, under Locust</th>"
+        "<th>KiB per in-flight request, raw held connections</th>"
         "<th>scheduler lag p99 ms under CPU load</th>"
+        "<th>/json p99 ms beside CPU-bound requests</th>"
         f"<th>offload overhead ms (mean, on a {BLOCKING_MS} ms call)</th>"
         "<th>/json p99 ms beside blocking calls</th></tr>" + "".join(rows) + "</table>"
     )
 
 
-def _steps_table(results: dict) -> str:
+def _steps_table(results: Results) -> str:
     rows = []
-    for run in results["runs"]:
-        status = run["status"]
-        badge = "" if status == "ok" else f' <span class="bad">{html.escape(status)}</span>'
-        for step in run["steps"] or [None]:
-            if step is None:
-                rows.append(
-                    f"<tr><td>{run['server']}</td><td>{run['scenario']}</td><td>{run['model']}"
-                    f"</td><td>{run['repeat'] + 1}{badge}</td><td colspan=10>no complete step"
-                    f"{': ' + html.escape(run['error']) if run['error'] else ''}</td></tr>"
-                )
-                continue
-            flag = ' <span class="flag">driver-bound</span>' if step["driver_bound"] else ""
+    for run in results.runs:
+        key = run.key
+        badge = "" if run.status == "ok" else f' <span class="bad">{html.escape(run.status)}</span>'
+        ident = (f"<td>{key.server}</td><td>{key.scenario}</td><td>{key.model}</td>"
+                 f"<td>{key.repeat + 1}{badge}</td>")  # fmt: skip
+        if key.model == "held":
+            fit = run.memory_fit
+            text = (f"raw held connections: {number(fit.slope / 1024)} KiB per request "
+                    f"(r²={fit.r2:.3f}, {fit.points} levels)") if fit else "no fit"  # fmt: skip
+            error = f": {html.escape(run.error)}" if run.error else ""
+            rows.append(f"<tr>{ident}<td colspan=12>{text}{error}</td></tr>")
+            continue
+        if not run.steps:
+            error = f": {html.escape(run.error)}" if run.error else ""
+            rows.append(f"<tr>{ident}<td colspan=12>no complete step{error}</td></tr>")
+            continue
+        for step in run.steps:
+            flag = ' <span class="flag">driver-bound</span>' if step.driver_bound else ""
+            saturated = ' <span class="flag">saturated</span>' if step.server_saturated else ""
             rows.append(
-                f"<tr><td>{run['server']}</td><td>{run['scenario']}</td><td>{run['model']}</td>"
-                f"<td>{run['repeat'] + 1}{badge}</td><td class=num>{step['users']:.0f}</td>"
-                f"<td class=num>{_fmt(step['achieved_rps'], 0)}</td>"
-                f"<td class=num>{_fmt(step['p50_ms'])}</td>"
-                f"<td class=num>{_fmt(step['p99_ms'])}</td>"
-                f"<td class=num>{_fmt(step['lag_p99_ms'])}</td>"
-                f"<td class=num>{_fmt((step['rss_bytes'] or 0) / 2**20)}</td>"
-                f"<td class=num>{_fmt(step['server_cpu'] * 100, 0)}%</td>"
-                f"<td class=num>{_fmt((step['driver_cpu'] or 0) * 100, 0)}%{flag}</td>"
-                f"<td class=num>{_fmt(step['littles_in_flight'])}</td>"
-                f"<td class=num>{step['errors']:.0f} / {step['dropped']:.0f}</td></tr>"
+                f"<tr>{ident}<td class=num>{step.users:.0f}</td>"
+                f"<td class=num>{number(step.achieved_rps)}</td>"
+                f"<td class=num>{_latency(step.p50_ms)}</td>"
+                f"<td class=num>{_latency(step.p99_ms)}</td>"
+                f"<td class=num>{_latency(step.p999_ms)}</td>"
+                f"<td class=num>{_bound(step.lag_p99_at_most_ms)}</td>"
+                f"<td class=num>{number((step.rss_bytes or 0) / 2**20)}</td>"
+                f"<td class=num>{step.server_cpu * 100:.0f}%{saturated}</td>"
+                f"<td class=num>{number(step.cpu_us_per_request, step.cpu_us_error)}</td>"
+                f"<td class=num>{(step.driver_cpu or 0) * 100:.0f}%{flag}</td>"
+                f"<td class=num>{number(step.littles_in_flight)}</td>"
+                f"<td class=num>{step.errors:.0f} / {step.dropped:.0f}</td></tr>"
             )
     return (
         "<table><tr><th>server</th><th>scenario</th><th>model</th><th>repeat</th><th>users</th>"
-        "<th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>lag p99 ms</th><th>RSS MiB</th>"
-        "<th>server CPU</th><th>driver CPU</th>"
+        "<th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>lag p99 ms</th>"
+        "<th>RSS MiB</th><th>server CPU</th><th>CPU µs per request</th><th>driver CPU</th>"
         "<th title=\"Little's law: throughput x mean latency; in the closed model it should be "
         "close to the users\">in flight</th><th>errors / dropped</th></tr>"
         + "".join(rows) + "</table>"
     )  # fmt: skip
 
 
-def _lost(results: dict) -> str:
-    lost = results["lost"]
+def _latency(value: float | None) -> str:
+    # HdrHistogram: 0.1 % of the value, and never finer than its 1 µs unit.
+    return number(value, max(value * RELATIVE_ERROR, 0.001) if value else None)
+
+
+def _bound(value: float | None) -> str:
+    return "&ndash;" if value is None else f"&le; {number(value)}"
+
+
+def _lost(results: Results) -> str:
+    lost = results.lost
     items = []
-    if results["interrupted"]:
+    if results.interrupted:
         items.append("The run was interrupted; everything measured before that is shown.")
-    for failure in lost["failures"]:
+    for failure in lost.failures:
         items.append(f"{failure['server']} / {failure['scenario']}: {failure['error']}")
-    if lost["not_measured"]:
-        missing = ", ".join(f"{s} {sc} ({m}) #{r + 1}" for s, sc, m, r in lost["not_measured"])
+    if lost.not_measured:
+        missing = ", ".join(
+            f"{k.server} {k.scenario} ({k.model}) #{k.repeat + 1}" for k in lost.not_measured
+        )
         items.append(f"Not measured: {missing}.")
-    if lost["unreadable_sample_lines"]:
-        items.append(f"{lost['unreadable_sample_lines']} unreadable sample line(s) skipped.")
+    if lost.unreadable_sample_lines:
+        items.append(f"{lost.unreadable_sample_lines} unreadable sample line(s) skipped.")
     if not items:
         return ""
     return '<h2>Gaps</h2><ul class="bad-list">' + "".join(
@@ -300,27 +379,59 @@ def _lost(results: dict) -> str:
     ) + "</ul>"  # fmt: skip
 
 
-def render(results: dict[str, Any]) -> str:
-    pinning = results["pinning"]
-    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
-    status = "complete" if results["complete"] else "partial"
+def _repeats_note(results: Results) -> str:
+    repeats = results.profile.repeat
+    if repeats == 1:
+        return (
+            '<p class="warn"><b>Single run: indicative.</b> Every figure below was measured '
+            "once, so nothing here says how much it varies from run to run; use "
+            "<code>--repeat 3</code> (or the standard profile) for medians with their "
+            "min&ndash;max, and <code>stackbench compare</code> to test a difference.</p>"
+        )
+    return (
+        f'<p class="note">{repeats} repeats: each figure is the median, with its '
+        "(min&ndash;max, n) beside it.</p>"
+    )
+
+
+def render(results: Results) -> str:
+    pinning = results.pinning
+    env = results.environment
+    versions = ", ".join(f"{k} {v}" for k, v in results.versions.items())
+    status = "complete" if results.complete else "partial"
+    commit = results.provenance.git_commit
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>stackbench report {html.escape(results["started"])}</title>
+<title>stackbench report {html.escape(results.started)}</title>
 <style>{CSS}</style></head><body>
 <h1>stackbench: what the concurrency model costs</h1>
-<p class="note">Run started {html.escape(results["started"])}, profile
-{html.escape(results["profile"]["name"])} ({results["profile"]["step_seconds"]:g} s per step,
-{results["profile"]["repeat"]} repeat(s)), {status}. Server on CPU {pinning["server_cpus"]},
-Locust on CPU {pinning["driver_cpus"]}. {html.escape(results["environment"]["cpu_model"])}.
-{html.escape(versions)}.</p>
+<p class="note">Run started {html.escape(results.started)}, profile
+{html.escape(results.profile.name)} ({results.profile.step_seconds:g} s per step,
+{results.profile.repeat} repeat(s)), {status}. Server on CPU {pinning.server_cpus},
+Locust on CPU {pinning.driver_cpus}. {html.escape(env.cpu_model)}, kernel
+{html.escape(env.kernel)}, governor {html.escape(env.cpu_governor or "unknown")}, load average
+{env.load_average_1m:g} at start. stackbench {html.escape(results.provenance.stackbench_version)}
+{html.escape(commit[:12] if commit else "")}. {html.escape(versions)}.</p>
+{_repeats_note(results)}
+<h2>CPU per request</h2>
+{_cpu_table(results)}
+<p class="note">Server CPU time (utime + stime from /proc) per completed request, with the
+server's idle load (timers, the run's own scrapes) subtracted, at the busiest step where
+neither the server nor Locust was saturated: what a request costs, independent of how fast the
+load generator is. The last digit shown is the first that /proc's tick resolution touches.
+Capacity: 1,000,000 / µs, the requests per second one core would serve at that cost.</p>
 <h2>Headline</h2>
 {_headline_table(results)}
-<p class="note">Fixed load: the open-model starvation pass, latency measured from each request's
+<p class="note">Percentiles are exact to 0.1 % (HdrHistogram of every request, 3 significant
+digits). Fixed load: the open-model starvation pass, latency measured from each request's
 intended start; "uncorrected" is what a closed-loop tool would report from the same requests.
-KiB per in-flight request: slope of RSS (from /proc) against requests in flight in io_hold.
-<span class="flag">driver-bound</span>: Locust used ≥85 % of its CPU, so the figure is the
-load generator's limit, not the server's. Medians over repeats, (min&ndash;max) when repeated.</p>
+KiB per in-flight request, two ways: the slope of RSS (from /proc) against requests in flight
+across io_hold's levels under Locust (keep-alive connections whose requests finish and are
+sent again), and with raw connections each holding one request on a fresh server (nothing
+finishes); <span class="flag">differs</span> marks a gap over
+{MEMORY_DISAGREEMENT:.0%}. The scheduler lag is only known to the bucket of the server's
+histogram: &le; its upper bound. <span class="flag">driver-bound</span>: Locust used
+&ge;85 % of its CPU, so the figure is the load generator's limit, not the server's.</p>
 <h2>Charts</h2>
 <div class="charts">
 {_chart_latency_vs_load(results)}{_chart_memory(results)}{_chart_lag(results)}
@@ -333,7 +444,7 @@ load generator's limit, not the server's. Medians over repeats, (min&ndash;max) 
 """
 
 
-def write(out: Path, results: dict[str, Any]) -> Path:
+def write(out: Path, results: Results) -> Path:
     path = out / "report.html"
     path.write_text(render(results), encoding="utf-8")
     return path

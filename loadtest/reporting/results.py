@@ -3,118 +3,153 @@ gives the same kind of file, saying what it measured and what it lost."""
 
 from __future__ import annotations
 
-import json
+import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-from loadtest.orchestrator.sampling import read_samples
-from loadtest.reporting import analysis
+from loadtest.records import (
+    Event,
+    HeldProbe,
+    IdleProbe,
+    Lost,
+    RecordError,
+    Results,
+    RunHeader,
+    RunKey,
+    Sample,
+    ScenarioRun,
+    read_samples,
+    utc_iso,
+)
+from loadtest.reporting import analysis, figures
 
-SCHEMA = "stackbench.results/1"
+__all__ = ["ResultsError", "build", "load", "write"]
 
 
 class ResultsError(Exception):
-    """The directory holds no readable run."""
+    """The directory or file holds no readable run (one line for the user)."""
 
 
-def run_key(record: dict) -> tuple[str, str, str, int]:
-    return record["server_impl"], record["scenario"], record["model"], record["repeat"]
+def _order(key: RunKey) -> tuple:
+    return key.repeat, key.server, key.scenario, key.model
 
 
-def build(out: Path) -> dict[str, Any]:
+def build(out: Path) -> Results:
     path = out / "samples.jsonl"
     if not path.is_file():
         raise ResultsError(f"{out} has no samples.jsonl (is it a stackbench run directory?)")
-    records, broken_lines = read_samples(path)
-    header = next((r for r in records if r.get("type") == "run"), None)
-    if header is None:
-        raise ResultsError(f"{path} does not start with a run record")
-    samples: dict[tuple, list[dict]] = defaultdict(list)
-    events: dict[tuple, list[dict]] = defaultdict(list)
-    run_events = []
+    try:
+        records, broken_lines = read_samples(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"cannot read {path}: {exc}") from None
+    headers = [r for r in records if isinstance(r, RunHeader)]
+    if len(headers) != 1:
+        what = "no readable run header" if not headers else f"{len(headers)} run headers"
+        raise ResultsError(f"{path} has {what}: not one stackbench run")
+    header = headers[0]
+    samples: dict[RunKey, list[Sample]] = defaultdict(list)
+    events: dict[RunKey, list[Event]] = defaultdict(list)
+    held: dict[RunKey, HeldProbe] = {}
+    idle: dict[tuple[str, int], list[float]] = defaultdict(list)
+    run_events: list[Event] = []
     for record in records:
-        kind = record.get("type")
-        if kind == "sample":
-            samples[run_key(record)].append(record)
-        elif kind == "event":
-            if "scenario" in record:
-                events[run_key(record)].append(record)
-            else:
-                run_events.append(record)
-    driver_cores = len(header["pinning"]["driver_cpus"])
+        if isinstance(record, Sample):
+            samples[record.key].append(record)
+        elif isinstance(record, Event):
+            (events[record.key] if record.key else run_events).append(record)
+        elif isinstance(record, HeldProbe):
+            held[record.key] = record
+        elif isinstance(record, IdleProbe) and record.seconds > 0:
+            idle[(record.server, record.repeat)].append(record.cpu_seconds / record.seconds)
+    driver_cores = len(header.pinning.driver_cpus)
+    tick = header.environment.clock_tick_s
     runs = []
-    for key in sorted(set(samples) | set(events), key=lambda k: (k[3], k[0], k[1], k[2])):
-        server, scenario, model, repeat = key
-        started = [e for e in events[key] if e["event"] == "started"]
-        levels = started[0]["levels"] if started else None
-        run_steps = analysis.steps(samples[key], driver_cores, levels)
-        finished = [e for e in events[key] if e["event"] == "finished"]
-        failed = [e for e in events[key] if e["event"] == "failed"]
-        status = "failed" if failed else "ok" if finished else "interrupted"
-        run = {
-            "server": server,
-            "scenario": scenario,
-            "model": model,
-            "repeat": repeat,
-            "status": status,
-            "error": failed[0]["error"] if failed else None,
-            "samples": len(samples[key]),
-            "steps": run_steps,
-            "driver_bound": any(s["driver_bound"] for s in run_steps),
-        }
-        if scenario == "io_hold" and model == "closed":
-            run["fit"] = analysis.memory_fit(run_steps)
-        if scenario == "starvation":
-            run["lag_series"] = analysis.lag_series(samples[key])
-        runs.append(run)
-    done = {
-        (r["server"], r["scenario"], r["model"], r["repeat"]) for r in runs if r["status"] == "ok"
-    }
-    planned = [tuple(p) for p in header["planned"]]
-    interrupted = any(e["event"] == "interrupted" for e in run_events)
-    return {
-        "schema": SCHEMA,
-        "started": header["started"],
-        "finished": next((e["t"] for e in run_events if e["event"] == "finished"), None),
-        "profile": header["profile"],
-        "environment": header["environment"],
-        "versions": header["versions"],
-        "pinning": header["pinning"],
-        "complete": not interrupted and set(planned) <= done,
-        "interrupted": interrupted,
-        "lost": {
-            "unreadable_sample_lines": broken_lines,
-            "not_measured": [list(p) for p in planned if p not in done],
-            "failures": [
-                {"server": r["server"], "scenario": r["scenario"], "error": r["error"]}
+    for key in sorted(set(samples) | set(events) | set(held), key=_order):
+        idle_cpu = statistics.fmean(idle.get((key.server, key.repeat), [0.0]))
+        started = [e for e in events[key] if e.event == "started"]
+        finished = [e for e in events[key] if e.event == "finished"]
+        failed = [e for e in events[key] if e.event == "failed"]
+        if key in held:
+            probe = held[key]
+            status = "failed" if probe.error else "ok"
+            error = probe.error
+            run = ScenarioRun(
+                key=key, status=status, error=error, samples=len(probe.points), steps=[],
+                driver_bound=False, memory_fit=analysis.held_fit(probe.points),
+            )  # fmt: skip
+            runs.append(run)
+            continue
+        levels = started[0].levels if started else None
+        run_steps = analysis.steps(samples[key], driver_cores, levels, idle_cpu, tick)
+        runs.append(
+            ScenarioRun(
+                key=key,
+                status="failed" if failed else "ok" if finished else "interrupted",
+                error=failed[0].error if failed else None,
+                samples=len(samples[key]),
+                steps=run_steps,
+                driver_bound=any(s.driver_bound for s in run_steps),
+                memory_fit=analysis.memory_fit(run_steps)
+                if key.scenario == "io_hold" and key.model == "closed"
+                else None,
+                lag_series=analysis.lag_series(samples[key])
+                if key.scenario == "starvation"
+                else None,
+            )
+        )
+    done = {r.key for r in runs if r.status == "ok"}
+    interrupted = any(e.event == "interrupted" for e in run_events)
+    finished_at = next((e.t for e in run_events if e.event == "finished"), None)
+    idle_by_server: dict[str, list[float]] = defaultdict(list)
+    for (server, _), values in idle.items():
+        idle_by_server[server].extend(values)
+    return Results(
+        started=header.started,
+        finished=utc_iso(finished_at) if finished_at is not None else None,
+        profile=header.profile,
+        scenarios=header.scenarios,
+        environment=header.environment,
+        versions=header.versions,
+        pinning=header.pinning,
+        provenance=header.provenance,
+        idle_cpu={s: statistics.median(v) for s, v in sorted(idle_by_server.items())},
+        complete=not interrupted and set(header.planned) <= done,
+        interrupted=interrupted,
+        lost=Lost(
+            unreadable_sample_lines=broken_lines,
+            not_measured=[k for k in header.planned if k not in done],
+            failures=[
+                {
+                    "server": r.key.server,
+                    "scenario": r.key.scenario,
+                    "model": r.key.model,
+                    "error": r.error or "",
+                }
                 for r in runs
-                if r["status"] == "failed"
+                if r.status == "failed"
             ],
-        },
-        "headline": analysis.headline([r for r in runs if r["steps"]]),
-        "runs": runs,
-    }
+        ),
+        headline=figures.headline([r for r in runs if r.steps or r.memory_fit]),
+        runs=runs,
+    )
 
 
-def write(out: Path, results: dict[str, Any]) -> Path:
+def write(out: Path, results: Results) -> Path:
     path = out / "results.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path.write_text(results.to_json(), encoding="utf-8")
     return path
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> Results:
     """A results.json, or the results of a run directory (rebuilt from its samples)."""
     if path.is_dir():
         candidate = path / "results.json"
-        if candidate.is_file():
-            path = candidate
-        else:
+        if not candidate.is_file():
             return build(path)
+        path = candidate
     try:
-        results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"cannot read {path}: {exc}") from exc
-    if results.get("schema") != SCHEMA:
-        raise ResultsError(f"{path} is not a {SCHEMA} file")
-    return results
+        return Results.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except RecordError as exc:
+        raise ResultsError(f"{path}: {exc}") from None

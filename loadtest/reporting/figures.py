@@ -1,0 +1,274 @@
+"""The headline figures: what each is called, its unit, which way is better (or that it is an
+input or a fit's quality, never ranked), and how it is read off one scenario run. The scenario
+table (loadtest/driver/scenarios.py) names the figures each scenario yields; everything that
+shows or compares figures (results, report, compare) reads their meaning from here.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from loadtest.driver.scenarios import BLOCKING_MS, INLINE, OFFLOADED, SCENARIOS
+from loadtest.records import Figure, ScenarioRun, ServerHeadline, Step
+
+__all__ = [
+    "CPU",
+    "FIGURES",
+    "MAX_CPU_ERROR",
+    "MEMORY_DISAGREEMENT",
+    "FigureSpec",
+    "Reading",
+    "common_quiet_level",
+    "headline",
+    "quiet_step",
+]
+
+Better = Literal["lower", "higher"] | None
+# When the two memory methods differ by more than this, the report flags it.
+MEMORY_DISAGREEMENT = 0.15
+# A step too short for /proc's tick to measure its CPU to this fraction does not count.
+MAX_CPU_ERROR = 0.25
+
+
+@dataclass(frozen=True)
+class Reading:
+    value: float | None
+    driver_bound: bool = False
+    error: float | None = None
+    at_rps: float | None = None
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    label: str
+    unit: str
+    scale: float  # stored value x scale = the value in `unit`
+    better: Better  # None: an input or a fit's quality, shown but never ranked
+    model: str  # which pass of the scenario yields it: closed, open or held
+    read: Callable[[ScenarioRun], Reading]
+
+
+def _precise(step: Step) -> bool:
+    return bool(
+        step.cpu_us_per_request
+        and step.cpu_us_error is not None
+        and step.cpu_us_error <= MAX_CPU_ERROR * step.cpu_us_per_request
+        and not step.server_saturated
+    )
+
+
+def common_quiet_level(runs: list[ScenarioRun]) -> float | None:
+    """The highest load level at which every one of `runs` (every server and repeat of one
+    scenario) was quiet: neither the server nor the driver saturated, CPU measured to
+    MAX_CPU_ERROR. CPU per request depends on the load (at more concurrency one wake-up serves
+    more requests), so servers are compared at one level."""
+    quiet = [{s.users for s in r.steps if _precise(s) and not s.driver_bound} for r in runs]
+    common = set.intersection(*quiet) if quiet else set()
+    return max(common, default=None)
+
+
+def quiet_step(run: ScenarioRun, level: float | None = None) -> Step | None:
+    """The step at `level` if given; else the busiest quiet step of this run alone; failing
+    that, the busiest where only the driver was saturated (the figure is then flagged
+    driver-bound: the server's CPU per request still holds, at a rate the driver chose)."""
+    if level is not None:
+        return next((s for s in run.steps if s.users == level), None)
+    precise = [s for s in run.steps if _precise(s)]
+    quiet = [s for s in precise if not s.driver_bound] or precise
+    return max(quiet, key=lambda s: s.completed, default=None)
+
+
+def _ceiling(run: ScenarioRun) -> Reading:
+    top = max(run.steps, key=lambda s: s.achieved_rps)
+    return Reading(top.achieved_rps, driver_bound=top.driver_bound)
+
+
+def _fit_slope(run: ScenarioRun) -> Reading:
+    return Reading(run.memory_fit.slope if run.memory_fit else None)
+
+
+def _fit_r2(run: ScenarioRun) -> Reading:
+    return Reading(run.memory_fit.r2 if run.memory_fit else None)
+
+
+def _lag(run: ScenarioRun) -> Reading:
+    bounds = [s.lag_p99_at_most_ms for s in run.steps if s.lag_p99_at_most_ms is not None]
+    return Reading(max(bounds, default=None))
+
+
+def _route_p99(route: str, step: Callable[[ScenarioRun], Step | None]) -> Callable:
+    def read(run: ScenarioRun) -> Reading:
+        chosen = step(run)
+        if chosen is None or route not in chosen.routes:
+            return Reading(None)
+        return Reading(chosen.routes[route].p99_ms, chosen.driver_bound)
+
+    return read
+
+
+def _top(run: ScenarioRun) -> Step | None:
+    return run.steps[-1] if run.steps else None
+
+
+def _inline_p50(run: ScenarioRun) -> Reading:
+    top = _top(run)
+    figures = top.routes.get(INLINE) if top else None
+    return Reading(figures.p50_ms if figures else None)
+
+
+def _offload_overhead(run: ScenarioRun) -> Reading:
+    # The lightest level: what the hop to a thread and back costs, not queueing; the mean of
+    # an HdrHistogram is exact to its 0.1 %, i.e. 0.02 ms on a 20 ms call.
+    light = run.steps[0].routes.get(OFFLOADED) if run.steps else None
+    if light is None:
+        return Reading(None)
+    return Reading(light.mean_ms - BLOCKING_MS, error=light.mean_ms * 1e-3)
+
+
+def _fixed(attribute: str) -> Callable[[ScenarioRun], Reading]:
+    def read(run: ScenarioRun) -> Reading:
+        top = _top(run)
+        if top is None:
+            return Reading(None)
+        return Reading(getattr(top, attribute), top.driver_bound)
+
+    return read
+
+
+FIGURES: dict[str, FigureSpec] = {
+    spec.name: spec
+    for spec in (
+        FigureSpec("ceiling_rps", "plaintext ceiling", "req/s", 1, "higher", "closed", _ceiling),
+        FigureSpec(
+            "bytes_per_request", "memory per in-flight request, under Locust", "KiB",
+            1 / 1024, "lower", "closed", _fit_slope,
+        ),
+        FigureSpec(
+            "bytes_per_request_r2", "r² of that fit", "", 1, None, "closed", _fit_r2,
+        ),
+        FigureSpec(
+            "held_bytes_per_request", "memory per in-flight request, raw held connections",
+            "KiB", 1 / 1024, "lower", "held", _fit_slope,
+        ),
+        FigureSpec(
+            "held_bytes_per_request_r2", "r² of that fit", "", 1, None, "held", _fit_r2,
+        ),
+        FigureSpec(
+            "starvation_lag_p99_ms", "scheduler lag p99 under CPU load (at most)", "ms", 1,
+            "lower", "closed", _lag,
+        ),
+        FigureSpec(
+            "starvation_probe_p99_ms", "/json p99 beside CPU-bound requests", "ms", 1,
+            "lower", "closed", _route_p99("/json", _top),
+        ),
+        FigureSpec(
+            "fixed_load_rps", "fixed arrival rate", "req/s", 1, None, "open",
+            _fixed("intended_rps"),
+        ),
+        FigureSpec(
+            "fixed_load_p50_ms", "p50 at the fixed rate", "ms", 1, "lower", "open",
+            _fixed("p50_ms"),
+        ),
+        FigureSpec(
+            "fixed_load_p99_ms", "p99 at the fixed rate", "ms", 1, "lower", "open",
+            _fixed("p99_ms"),
+        ),
+        FigureSpec(
+            "fixed_load_p999_ms", "p99.9 at the fixed rate", "ms", 1, "lower", "open",
+            _fixed("p999_ms"),
+        ),
+        FigureSpec(
+            "fixed_load_p99_uncorrected_ms", "p99 a closed-loop tool would report", "ms", 1,
+            None, "open", _fixed("p99_uncorrected_ms"),
+        ),
+        FigureSpec(
+            "coloring_probe_p99_ms", "/json p99 beside blocking calls", "ms", 1, "lower",
+            "closed", _route_p99("/json", _top),
+        ),
+        FigureSpec(
+            "inline_p50_ms", f"p50 of an inline {BLOCKING_MS} ms blocking call", "ms", 1,
+            "lower", "closed", _inline_p50,
+        ),
+        FigureSpec(
+            "offload_overhead_ms", f"offload overhead (mean, on a {BLOCKING_MS} ms call)", "ms",
+            1, "lower", "closed", _offload_overhead,
+        ),
+    )
+}  # fmt: skip
+
+CPU = FigureSpec(
+    "cpu_us_per_request", "server CPU per request", "µs", 1, "lower", "closed",
+    lambda run: _cpu(run),
+)  # fmt: skip
+
+
+def _cpu(run: ScenarioRun, level: float | None = None) -> Reading:
+    step = quiet_step(run, level)
+    if step is None:
+        return Reading(None)
+    return Reading(
+        step.cpu_us_per_request, driver_bound=step.driver_bound, error=step.cpu_us_error,
+        at_rps=step.achieved_rps,
+    )  # fmt: skip
+
+
+def _figure(readings: list[Reading]) -> Figure | None:
+    present = [r for r in readings if r.value is not None]
+    if not present:
+        return None
+    values = [r.value for r in present if r.value is not None]
+    errors = [r.error for r in present if r.error is not None]
+    rates = [r.at_rps for r in present if r.at_rps is not None]
+    return Figure(
+        median=statistics.median(values),
+        min=min(values),
+        max=max(values),
+        n=len(values),
+        values=values,
+        error=max(errors) if errors else None,
+        driver_bound=any(r.driver_bound for r in present),
+        at_rps=statistics.median(rates) if rates else None,
+    )
+
+
+def headline(runs: list[ScenarioRun]) -> dict[str, ServerHeadline]:
+    """Per server: CPU per request per scenario (every server at the same load level where
+    one exists) and each scenario's own figures, as medians over the repeats with their
+    spread."""
+    cpu: dict[str, dict[str, list[Reading]]] = defaultdict(lambda: defaultdict(list))
+    named: dict[str, dict[str, list[Reading]]] = defaultdict(lambda: defaultdict(list))
+    closed: dict[str, list[ScenarioRun]] = defaultdict(list)
+    for run in runs:
+        if run.key.model == "closed" and run.steps:
+            closed[run.key.scenario].append(run)
+    levels = {scenario: common_quiet_level(group) for scenario, group in closed.items()}
+    for run in runs:
+        key = run.key
+        if not run.steps and run.memory_fit is None:
+            continue
+        if key.model == "closed" and run.steps:
+            cpu[key.server][key.scenario].append(_cpu(run, levels[key.scenario]))
+        for name in SCENARIOS[key.scenario].figures:
+            spec = FIGURES[name]
+            if spec.model == key.model:
+                named[key.server][name].append(spec.read(run))
+    result = {}
+    for server in sorted(set(cpu) | set(named)):
+        cpu_figures = {s: f for s, r in cpu[server].items() if (f := _figure(r))}
+        capacity = {
+            scenario: _figure([
+                Reading(1e6 / r.value if r.value else None) for r in cpu[server][scenario]
+            ])
+            for scenario in cpu_figures
+        }  # fmt: skip
+        result[server] = ServerHeadline(
+            cpu_us_per_request=cpu_figures,
+            capacity_rps_per_core={s: f for s, f in capacity.items() if f},
+            figures={n: f for n, r in named[server].items() if (f := _figure(r))},
+        )
+    return result

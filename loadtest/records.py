@@ -44,6 +44,7 @@ __all__ = [
     "dump_line",
     "read_line",
     "read_samples",
+    "spec_name",
     "utc_iso",
 ]
 
@@ -86,7 +87,14 @@ class ScenarioSpec(Record):
     requests: list[str]
     levels: list[int]
     step_seconds: float
+    settle_seconds: float  # left out at the start of each level
     rate_per_stream: float | None = None
+
+
+def spec_name(scenario: str, model: str) -> str:
+    """The key of a scenario's ScenarioSpec in the run header: the open-model pass of a
+    scenario runs with parameters of its own."""
+    return f"{scenario} (open)" if model == "open" else scenario
 
 
 class Pinning(Record):
@@ -316,6 +324,7 @@ class Figure(Record):
     values: list[float]
     error: float | None = None  # stated error of one value, in its unit, where known
     driver_bound: bool = False  # some value was measured while the driver was the limit
+    saturated: bool = False  # some value was measured with the server's CPU saturated
     at_rps: float | None = None  # the achieved rate it was measured at (median), where it matters
 
 

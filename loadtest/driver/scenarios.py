@@ -38,7 +38,16 @@ class Scenario:
     # The headline figures a run of this scenario yields (named in loadtest/reporting/
     # figures.py), besides the CPU per request that every scenario yields.
     figures: tuple[str, ...] = ()
-    # A load level must last this long for its requests to complete inside it at all.
+    # How long after a level starts its samples are left out: the ramp (the first sample at
+    # least), and for long requests the first round, whose latency includes Locust spawning
+    # the level's new users and their connections.
+    settle_seconds: float = 0.0
+    # Each new user waits a random part of this before its first request. Locust starts a
+    # level's users in one batch a second; with long requests they would stay in step, and
+    # their requests end (are answered, sent again) in bursts that queue in the server and the
+    # driver. Staggered over one request's length, they arrive evenly.
+    stagger_seconds: float = 0.0
+    # A load level lasts at least this long, so that something is measured after settling.
     min_step_seconds: float = 0.0
 
     def describe(self) -> list[str]:
@@ -74,7 +83,9 @@ SCENARIOS: dict[str, Scenario] = {
                 "held_bytes_per_request",
                 "held_bytes_per_request_r2",
             ),
-            min_step_seconds=3.0,  # 2 s requests, the first sample of a level left out
+            stagger_seconds=2.0,
+            settle_seconds=3.0,
+            min_step_seconds=6.0,
         ),
         Scenario(
             "fanout",

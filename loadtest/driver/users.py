@@ -115,6 +115,10 @@ class ClosedModelUser(FastHttpUser):
     def context(self) -> dict:
         return {"target": self.target.name}
 
+    def on_start(self) -> None:
+        if self.scenario.stagger_seconds:
+            gevent.sleep(random.uniform(0, self.scenario.stagger_seconds))
+
     @task
     def send(self) -> None:
         request = _pick(self.scenario.requests)

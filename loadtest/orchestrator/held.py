@@ -152,12 +152,12 @@ def measure(url: str, pid: int, levels: tuple[int, ...], hold_ms: int = HOLD_MS)
     """Bytes of server RSS per in-flight request, from raw connections held on /sleep.
 
     For each level (increasing; each is a total, so only the difference is opened) it opens
-    sockets that each send one `GET /sleep?ms={hold_ms}` with a bare `Host` header, waits until
+    sockets that each send one `GET /sleep?ms={hold_ms}` with the headers Locust sends, waits until
     the server's `http_server_active_requests` gauge reaches the number held and RSS has
     settled, and records the median of a few (gauge, RSS) pairs. The slope is least squares of
     RSS on the gauge across the levels. Every socket is closed before returning. All levels must
     be measured before the first requests complete, so the whole call takes under `hold_ms`;
-    if time runs out it raises TimeoutError.
+    if time runs out it raises HeldError.
 
     Raises HeldError with one line for the report when the levels cannot be held.
     """
@@ -166,7 +166,11 @@ def measure(url: str, pid: int, levels: tuple[int, ...], hold_ms: int = HOLD_MS)
         raise HeldError("need at least two positive levels")
     parts = urlsplit(url if "//" in url else f"http://{url}")
     address = (parts.hostname or "127.0.0.1", parts.port or 80)
-    request = f"GET /sleep?ms={hold_ms} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    # The headers Locust's FastHttpUser sends, so both methods hold the same request.
+    request = (
+        f"GET /sleep?ms={hold_ms} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "User-Agent: python/gevent-http-client-2.6.1\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n"
+    ).encode()
     raise_fd_limit(levels[-1] + 64)
 
     sockets = _HeldSockets(address, request)

@@ -54,7 +54,7 @@ PROFILES = {
             step_seconds=3.0,
             repeat=1,
             levels={
-                "plaintext": (1, 8, 32, 128),
+                "plaintext": (1, 8, 64),
                 "io_hold": (250, 500, 1000),
                 "fanout": (8, 32),
                 "starvation": (4, 16),

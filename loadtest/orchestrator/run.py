@@ -46,6 +46,7 @@ from loadtest.records import (
     RunHeader,
     RunKey,
     ScenarioSpec,
+    spec_name,
     utc_iso,
 )
 from loadtest.reporting import report, results
@@ -56,7 +57,7 @@ CLIENT_METRICS_LINE = re.compile(r"stackbench client metrics \(\w+\) on :(\d+)/m
 FD_HEADROOM = 256
 OPEN_MODEL_SCENARIO = "starvation"  # the open-model pass: where stalls hide from closed loops
 HELD_SCENARIO = "io_hold"  # followed by memory per request measured without Locust
-IDLE_SECONDS = 2.0  # how long each server's idle CPU (timers, our scrapes) is measured
+IDLE_SECONDS = 1.0  # how long each server's idle CPU (timers, our scrapes) is measured
 
 
 class RunError(Exception):
@@ -113,12 +114,14 @@ class Plan:
                 requests=SCENARIOS[scenario].describe(),
                 levels=list(self.profile.levels_for(scenario)),
                 step_seconds=self.step_seconds(scenario),
+                settle_seconds=SCENARIOS[scenario].settle_seconds,
             )
         if OPEN_MODEL_SCENARIO in self.scenarios:
-            specs[f"{OPEN_MODEL_SCENARIO} (open)"] = ScenarioSpec(
+            specs[spec_name(OPEN_MODEL_SCENARIO, "open")] = ScenarioSpec(
                 requests=SCENARIOS[OPEN_MODEL_SCENARIO].describe(),
                 levels=[self.profile.open_streams],
                 step_seconds=self.step_seconds(OPEN_MODEL_SCENARIO),
+                settle_seconds=SCENARIOS[OPEN_MODEL_SCENARIO].settle_seconds,
                 rate_per_stream=self.profile.open_rate_per_stream,
             )
         return specs
@@ -426,7 +429,9 @@ def _run_scenario(
         str(Path(sys.executable).parent / "locust"),
         "-f", str(LOCUSTFILES / f"{scenario}.py"),
         "--headless", "--only-summary",
-        "--run-time", f"{seconds + 5:.0f}s", "--stop-timeout", "5",
+        # Users still mid-request when the last level ends are past what is measured: stop
+        # them at once rather than wait for them (an open-model user never finishes).
+        "--run-time", f"{seconds + 5:.0f}s", "--stop-timeout", "0",
         "--csv", str(locust_dir / name), "--html", str(locust_dir / f"{name}.html"),
     ]  # fmt: skip
     processes = driver_processes(driver_cpus)

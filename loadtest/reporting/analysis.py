@@ -173,14 +173,17 @@ def steps(
     levels: list[int] | None = None,
     idle_cpu: float = 0.0,
     cpu_tick_s: float = 0.01,
+    settle_seconds: float = 0.0,
 ) -> list[Step]:
     """Split one scenario run's samples by load level (the users gauge), dropping the first
-    sample of each level (the ramp) and any user count that is not a planned level (Locust
-    stopping its users at the end passes through several), and compute each level's figures."""
+    sample of each level (the ramp), or all within `settle_seconds` of it, and any user count
+    that is not a planned level (Locust stopping its users at the end passes through several),
+    and compute each level's figures."""
     ordered = [s for s in samples if s.client]
     result = []
     for users, group in groupby(ordered, key=lambda s: s.client.users if s.client else 0):
-        window = list(group)[1:]
+        level = list(group)
+        window = [s for s in level[1:] if s.t >= level[0].t + settle_seconds]
         if window and users > 0 and (levels is None or users in levels):
             # The latency intervals of samples whose client scrape failed still count.
             span = [s for s in samples if window[0].t <= s.t <= window[-1].t]

@@ -40,6 +40,7 @@ class Reading:
     driver_bound: bool = False
     error: float | None = None
     at_rps: float | None = None
+    saturated: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,6 @@ def _precise(step: Step) -> bool:
         step.cpu_us_per_request
         and step.cpu_us_error is not None
         and step.cpu_us_error <= MAX_CPU_ERROR * step.cpu_us_per_request
-        and not step.server_saturated
     )
 
 
@@ -67,20 +67,27 @@ def common_quiet_level(runs: list[ScenarioRun]) -> float | None:
     scenario) was quiet: neither the server nor the driver saturated, CPU measured to
     MAX_CPU_ERROR. CPU per request depends on the load (at more concurrency one wake-up serves
     more requests), so servers are compared at one level."""
-    quiet = [{s.users for s in r.steps if _precise(s) and not s.driver_bound} for r in runs]
+    quiet = [
+        {s.users for s in r.steps if _precise(s) and not s.driver_bound and not s.server_saturated}
+        for r in runs
+    ]
     common = set.intersection(*quiet) if quiet else set()
     return max(common, default=None)
 
 
 def quiet_step(run: ScenarioRun, level: float | None = None) -> Step | None:
     """The step at `level` if given; else the busiest quiet step of this run alone; failing
-    that, the busiest where only the driver was saturated (the figure is then flagged
-    driver-bound: the server's CPU per request still holds, at a rate the driver chose)."""
+    that, the busiest where only the driver was saturated, then the least busy where the
+    server was (the figure is then flagged: the server's CPU per request still holds, at a
+    rate the driver chose, or with requests queued)."""
     if level is not None:
         return next((s for s in run.steps if s.users == level), None)
     precise = [s for s in run.steps if _precise(s)]
-    quiet = [s for s in precise if not s.driver_bound] or precise
-    return max(quiet, key=lambda s: s.completed, default=None)
+    unsaturated = [s for s in precise if not s.server_saturated]
+    quiet = [s for s in unsaturated if not s.driver_bound] or unsaturated
+    if quiet:
+        return max(quiet, key=lambda s: s.completed)
+    return min(precise, key=lambda s: s.server_cpu, default=None)
 
 
 def _ceiling(run: ScenarioRun) -> Reading:
@@ -213,7 +220,7 @@ def _cpu(run: ScenarioRun, level: float | None = None) -> Reading:
         return Reading(None)
     return Reading(
         step.cpu_us_per_request, driver_bound=step.driver_bound, error=step.cpu_us_error,
-        at_rps=step.achieved_rps,
+        at_rps=step.achieved_rps, saturated=step.server_saturated,
     )  # fmt: skip
 
 
@@ -232,6 +239,7 @@ def _figure(readings: list[Reading]) -> Figure | None:
         values=values,
         error=max(errors) if errors else None,
         driver_bound=any(r.driver_bound for r in present),
+        saturated=any(r.saturated for r in present),
         at_rps=statistics.median(rates) if rates else None,
     )
 

@@ -67,6 +67,10 @@ def _cell(figure: Figure | None, scale: float = 1.0, prefix: str = "") -> str:
         text += f' <span class="note">at {number(figure.at_rps)}/s</span>'
     if figure.driver_bound:
         text += ' <span class="flag">driver-bound</span>'
+    if figure.saturated:
+        text += (
+            ' <span class="flag" title="measured with the server\'s CPU saturated">saturated</span>'
+        )
     return f'<td class="num">{text}</td>'
 
 

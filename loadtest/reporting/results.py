@@ -80,7 +80,11 @@ def build(out: Path) -> Results:
             runs.append(run)
             continue
         levels = started[0].levels if started else None
-        run_steps = analysis.steps(samples[key], driver_cores, levels, idle_cpu, tick)
+        spec = header.scenarios.get(
+            key.scenario if key.model != "open" else f"{key.scenario} (open)"
+        )
+        settle = spec.settle_seconds if spec else 0.0
+        run_steps = analysis.steps(samples[key], driver_cores, levels, idle_cpu, tick, settle)
         runs.append(
             ScenarioRun(
                 key=key,

@@ -19,7 +19,12 @@ HERE = Path(__file__).resolve().parent
 OUTPUT = HERE / "grafana" / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "stackbench-prometheus"}
 # One colour per server, the same on every panel of both dashboards.
-COLOURS = {"gevent": "green", "trio": "purple", "aiohttp": "blue"}
+# The stack tier in full colours; the runtime tier (one h11 core on each runtime) in the
+# lighter shade of its runtime's colour (trio is in both tiers).
+COLOURS = {
+    "gevent": "green", "trio": "purple", "aiohttp": "blue",
+    "gevent-h11": "light-green", "asyncio-h11": "light-blue", "threads-h11": "red",
+}  # fmt: skip
 RATE = "$__rate_interval"
 
 
@@ -81,7 +86,9 @@ def _server_comparison() -> Dashboard:
     return Dashboard(
         uid="stackbench-servers",
         title="stackbench: server comparison",
-        description="gevent (stackful) vs trio and aiohttp (stackless), side by side.",
+        description="gevent (stackful) vs trio and aiohttp (stackless), side by side: the "
+        "stack tier (gevent, trio, aiohttp) and the runtime tier (gevent-h11, asyncio-h11, trio, "
+        "threads-h11: one h11 core on each runtime).",
         filename="server-comparison.json",
         variables=(
             Variable("impl", "label_values(stackbench_server_info, impl)"),

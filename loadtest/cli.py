@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="past N open connections, answer new ones 503 and close them "
         f"(default {DEFAULT_MAX_CONNECTIONS})",
     )
-    serve.add_argument("--uvloop", action="store_true", help="aiohttp only: run asyncio on uvloop")
+    serve.add_argument(
+        "--uvloop", action="store_true", help="aiohttp and asyncio-h11: run asyncio on uvloop"
+    )
     serve.add_argument(
         "--no-cancel-on-disconnect",
         dest="cancel_on_disconnect",
@@ -157,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     from loadtest.orchestrator.profiles import CORE_SCENARIOS, PROFILES
-    from servers.contract import IMPLS
+    from servers.contract import STACK_TIER, TIERS
 
     run = commands.add_parser(
         "run",
@@ -165,7 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start each server in turn pinned to one CPU, drive it with Locust on "
         "another, sample everything to disk, and write results.json and report.html.",
     )
-    run.add_argument("--servers", default=",".join(IMPLS), help="comma-separated (default all)")
+    run.add_argument(
+        "--tier",
+        choices=[*TIERS, "all"],
+        default="stack",
+        help="which servers: stack (gevent, trio, aiohttp: what people deploy; default), "
+        "runtime (gevent-h11, asyncio-h11, trio, threads-h11: one HTTP core, the runtimes "
+        "compared), or all",
+    )
+    run.add_argument(
+        "--servers",
+        help=f"comma-separated, instead of a tier (default: {','.join(STACK_TIER)})",
+    )
     run.add_argument(
         "--scenarios",
         default=",".join(CORE_SCENARIOS),
@@ -230,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    if args.uvloop and args.impl != "aiohttp":
-        _fail("--uvloop applies to the aiohttp server only")
+    if args.uvloop and args.impl not in ("aiohttp", "asyncio-h11"):
+        _fail("--uvloop applies to the aiohttp and asyncio-h11 servers only")
     if not args.cancel_on_disconnect and args.impl != "aiohttp":
         _fail("--no-cancel-on-disconnect applies to the aiohttp server only")
     # Import the server first: gevent's must monkey-patch before the rest loads.
@@ -274,8 +287,12 @@ def _count(text: str) -> int:
 def _run(args: argparse.Namespace) -> None:
     from loadtest.orchestrator import run
     from loadtest.orchestrator.profiles import PROFILES
+    from servers.contract import IMPLS, TIERS
 
-    servers = [s for s in args.servers.split(",") if s]
+    if args.servers is not None:
+        servers = [s for s in args.servers.split(",") if s]
+    else:
+        servers = list(IMPLS if args.tier == "all" else TIERS[args.tier])
     scenarios = [s for s in args.scenarios.split(",") if s]
     profile = PROFILES[args.profile]
     if args.step_seconds:

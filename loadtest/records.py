@@ -134,6 +134,9 @@ class RunHeader(Record):
     type: Literal["run"] = "run"
     started: str
     profile: ProfileInfo
+    # The tiers whose servers were run: "stack" (the idiomatic stacks), "runtime" (one h11
+    # core on each runtime); a server in both (trio) appears in both.
+    tiers: dict[str, list[str]]
     planned: list[RunKey]
     scenarios: dict[str, ScenarioSpec]
     environment: Environment
@@ -347,6 +350,7 @@ class Results(Record):
     started: str
     finished: str | None
     profile: ProfileInfo
+    tiers: dict[str, list[str]]
     scenarios: dict[str, ScenarioSpec]
     environment: Environment
     versions: dict[str, str]

@@ -42,6 +42,7 @@ from servers.lifecycle import (
     response_headers,
     stream_headers,
 )
+from servers.protocol import policy
 from servers.telemetry import (
     CLIENT_CLOSED_STATUS,
     LAG_INTERVAL_S,
@@ -63,8 +64,9 @@ def count_live_tasks() -> int:
 
 
 class AiohttpApp:
-    def __init__(self, telemetry: Telemetry) -> None:
+    def __init__(self, telemetry: Telemetry, options: ServeOptions) -> None:
         self.telemetry = telemetry
+        self.body_timeout = policy.limit("body", options) or policy.BODY_TIMEOUT_CAP_S
         self.offload_pool = ThreadPoolExecutor(
             contract.OFFLOAD_THREADS, thread_name_prefix="offload"
         )
@@ -93,7 +95,7 @@ class AiohttpApp:
             case Metrics():
                 return self.telemetry.exposition()
             case Echo():
-                return await _echo(request)
+                return await _echo(request, self.body_timeout)
             case Sleep(ms=ms):
                 await asyncio.sleep(ms / 1000)
                 return plan.response()
@@ -104,12 +106,12 @@ class AiohttpApp:
                     for _ in range(plan.children):
                         children.create_task(asyncio.sleep(plan.ms / 1000))
                 return plan.response()
-            case Blocking(ms=ms, offload=True):
+            case Blocking(ms=ms, offload=True, kind=kind):
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self.offload_pool, legacy_blocking_call, ms)
+                await loop.run_in_executor(self.offload_pool, legacy_blocking_call, ms, kind)
                 return plan.response()
-            case Blocking(ms=ms, offload=False):
-                legacy_blocking_call(ms)  # inline: the event loop and every connection wait
+            case Blocking(ms=ms, offload=False, kind=kind):
+                legacy_blocking_call(ms, kind)  # inline: the event loop and every connection wait
                 return plan.response()
         raise AssertionError(f"unhandled plan {plan!r}")  # pragma: no cover
 
@@ -125,17 +127,23 @@ class AiohttpApp:
         return answer
 
 
-async def _echo(request: web.BaseRequest) -> Response:
+async def _echo(request: web.BaseRequest, body_timeout: float) -> Response:
     declared = request.content_length
     if declared is not None and declared > contract.MAX_BODY_BYTES:
         return Echo.too_large()  # refuse before reading a byte of it
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > contract.MAX_BODY_BYTES:
-            return Echo.too_large()
-        chunks.append(chunk)
+    try:
+        # aiohttp has no timeout on a request body: a client trickling one would hold the
+        # connection for ever.
+        async with asyncio.timeout(body_timeout):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > contract.MAX_BODY_BYTES:
+                    return Echo.too_large()
+                chunks.append(chunk)
+    except TimeoutError:
+        return Echo.timed_out()
     return Echo.response(b"".join(chunks), request.headers.get("Content-Type"))
 
 
@@ -155,7 +163,8 @@ class _GuardedHandler(web_protocol.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if len(self._guard.server.connections) > self._guard.max_connections:
+        # aiohttp has counted this connection already: the others are one fewer.
+        if policy.should_shed(len(self._guard.server.connections) - 1, self._guard.options):
             self._guard.telemetry.connection_rejected()
             transport.write(overloaded_response(IMPL))  # type: ignore[attr-defined]
             self.force_close()  # the transport flushes the 503 before it closes
@@ -167,7 +176,7 @@ class _GuardedHandler(web_protocol.RequestHandler):
             self._cancel_head_timer()
         elif self._head_timer is None:
             self._head_timer = asyncio.get_running_loop().call_later(
-                self._guard.header_timeout, self._head_too_slow
+                self._guard.options.header_timeout, self._head_too_slow
             )
 
     def _head_too_slow(self) -> None:
@@ -189,16 +198,23 @@ class _GuardedHandler(web_protocol.RequestHandler):
 class _Guard:
     server: web.Server
     telemetry: Telemetry
-    max_connections: int
-    header_timeout: float
+    options: ServeOptions
 
 
 class _GuardedServer(web.Server):
     """aiohttp's low-level server, making _GuardedHandler connections."""
 
     def __init__(self, handler, *, telemetry: Telemetry, options: ServeOptions, **kwargs) -> None:
-        super().__init__(handler, keepalive_timeout=options.idle_timeout, **kwargs)
-        self._guard = _Guard(self, telemetry, options.max_connections, options.header_timeout)
+        # lingering_time: after refusing a body, aiohttp reads on for this long (10 s by
+        # default, while a slow client trickles): read briefly, so the client sees the answer
+        # rather than a reset, then close.
+        super().__init__(
+            handler,
+            keepalive_timeout=options.idle_timeout,
+            lingering_time=policy.REFUSED_BODY_LINGER_S,
+            **kwargs,
+        )
+        self._guard = _Guard(self, telemetry, options)
         telemetry.limit_connections(options.max_connections)
 
     def __call__(self) -> _GuardedHandler:
@@ -233,7 +249,7 @@ async def _serve(sock: socket.socket, options: ServeOptions) -> None:
         ServerInfo(IMPL, runtime, runtime_version, f"aiohttp {aiohttp.__version__}"),
         options.metrics,
     )
-    app = AiohttpApp(telemetry)
+    app = AiohttpApp(telemetry, options)
     # asyncio sets TCP_NODELAY on every TCP transport it creates, uvloop too.
     server = _GuardedServer(
         app.handle,

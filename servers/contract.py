@@ -10,13 +10,27 @@ client sees are identical whichever server answers.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import json
 import time
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl
 
-IMPLS = ("gevent", "trio", "aiohttp")
+# The stack tier: each runtime with the HTTP stack people deploy on it (aiohttp parses in C).
+STACK_TIER = ("gevent", "trio", "aiohttp")
+# The runtime tier: one h11-based HTTP core (servers/protocol/) on each runtime, so that the
+# runtimes differ and nothing else. trio is in both: its idiomatic stack is trio + h11.
+RUNTIME_TIER = ("gevent-h11", "asyncio-h11", "trio", "threads-h11")
+TIERS = {"stack": STACK_TIER, "runtime": RUNTIME_TIER}
+IMPLS = tuple(dict.fromkeys(STACK_TIER + RUNTIME_TIER))  # every server, each once
+# The runtime under each server: explicit-await loops (trio, asyncio) stall on a blocking call
+# made inline; gevent (monkey-patched) and threads do not.
+RUNTIMES = {
+    "gevent": "gevent", "trio": "trio", "aiohttp": "asyncio",
+    "gevent-h11": "gevent", "asyncio-h11": "asyncio", "threads-h11": "threads",
+}  # fmt: skip
 
 MAX_SLEEP_MS = 60_000
 MAX_FANOUT_CHILDREN = 1_000
@@ -108,14 +122,22 @@ class Fanout:
 
 @dataclass(frozen=True, slots=True)
 class Blocking:
-    """Call :func:`legacy_blocking_call` (`ms`). With `offload`, the async servers push it to a
-    thread; without, they call it inline and stall their event loop."""
+    """Call :func:`legacy_blocking_call` (`ms`, `kind`). With `offload`, the async servers push
+    it to a thread; without, they call it inline and stall their event loop. `kind` "c" blocks
+    inside C, where gevent's monkey patching cannot see: gevent then stalls too, unless it
+    offloads to its hub's thread pool (the C boundary, Python's analogue of cgo)."""
 
     ms: int
     offload: bool
+    kind: str = "python"
+
+    @property
+    def yields_under_gevent(self) -> bool:
+        """Whether gevent can call it inline without stalling its hub."""
+        return self.kind == "python"
 
     def response(self) -> Response:
-        return json_response({"blocked_ms": self.ms, "offload": self.offload})
+        return json_response({"blocked_ms": self.ms, "offload": self.offload, "kind": self.kind})
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +166,11 @@ class Echo:
         )
 
     @staticmethod
+    def timed_out() -> Response:
+        """The body did not arrive within the body timeout (nginx's client_body_timeout)."""
+        return replace(error(408, "request body too slow"), close_connection=True)
+
+    @staticmethod
     def incomplete() -> Response:
         """The body ended before its announced length, or its chunked framing is broken."""
         return replace(error(400, "request body incomplete or malformed"), close_connection=True)
@@ -160,12 +187,33 @@ Plan = Reply | Sleep | Fanout | Blocking | Stream | Echo | Metrics
 # -- the synchronous "libraries" the routes call ----------------------------------------------
 
 
-def legacy_blocking_call(ms: int) -> None:
+BLOCKING_KINDS = ("python", "c")
+_C_SLICE_US = 100_000  # usleep may refuse a second or more: C waits in slices of this
+
+
+def legacy_blocking_call(ms: int, kind: str = "python") -> None:
     """Stands in for a synchronous library (a DB driver, an SDK): it blocks its thread for `ms`.
 
-    It looks up `time.sleep` at call time, so under gevent's monkey patching it yields to the hub
-    instead of blocking, exactly as a real pure-Python blocking library would."""
-    time.sleep(ms / 1000)
+    kind "python": it looks up `time.sleep` at call time, so under gevent's monkey patching it
+    yields to the hub instead of blocking, exactly as a real pure-Python library would.
+    kind "c": it waits in libc's usleep through ctypes, as a C extension or driver would:
+    monkey patching cannot reach it, so gevent's hub blocks with it. (ctypes releases the GIL,
+    so other OS threads run meanwhile.)"""
+    if kind == "python":
+        time.sleep(ms / 1000)
+        return
+    usleep = _libc().usleep
+    left = ms * 1000
+    while left > 0:
+        usleep(min(left, _C_SLICE_US))
+        left -= _C_SLICE_US
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # The interpreter's own symbols include libc's (Linux): no library search, which would
+    # start a subprocess (ctypes.util.find_library), not something to do in a server's thread.
+    return ctypes.CDLL(None)
 
 
 def cpu_digest(rounds: int) -> str:
@@ -229,7 +277,9 @@ def _plan_route(route: str, params: _Params) -> Plan:
             return Reply(json_response({"rounds": rounds, "digest": cpu_digest(rounds)}))
         case "/blocking":
             return Blocking(
-                params.int("ms", 0, MAX_BLOCKING_MS), bool(params.int("offload", 0, 1, default=1))
+                params.int("ms", 0, MAX_BLOCKING_MS),
+                bool(params.int("offload", 0, 1, default=1)),
+                params.choice("kind", BLOCKING_KINDS),
             )
         case "/stream":
             return Stream(
@@ -253,6 +303,13 @@ class _Params:
             raise BadRequest(f"more than {MAX_QUERY_FIELDS} query parameters") from exc
         for name, value in pairs:
             self._values.setdefault(name, value)
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        """One of `choices`; the first is the default."""
+        raw = self._values.get(name, choices[0])
+        if raw not in choices:
+            raise BadRequest(f"{name} must be one of {', '.join(choices)}")
+        return raw
 
     def int(self, name: str, low: int, high: int, default: int | None = None) -> int:
         raw = self._values.get(name)

@@ -32,7 +32,6 @@ from servers.contract import (
     Response,
     Sleep,
     Stream,
-    legacy_blocking_call,
 )
 from servers.lifecycle import (
     ServeOptions,
@@ -44,6 +43,8 @@ from servers.lifecycle import (
     set_nodelay,
     stream_headers,
 )
+from servers.protocol import policy
+from servers.runtime.gevent_calls import call_blocking, size_thread_pool
 from servers.telemetry import (
     CLIENT_CLOSED_STATUS,
     LAG_INTERVAL_S,
@@ -54,8 +55,6 @@ from servers.telemetry import (
 )
 
 IMPL = "gevent"
-SHED_LINGER_S = 0.5  # how long a shed connection may take to read its 503
-REAP_INTERVAL_S = 0.25  # timeouts are enforced to within this
 
 
 class ClientGone(Exception):
@@ -63,8 +62,8 @@ class ClientGone(Exception):
 
 
 class HeadTimeout(OSError):
-    """Thrown into a connection idle, or sending its request head, for too long. An OSError,
-    so pywsgi treats it as a broken connection and closes it."""
+    """Thrown into a connection idle, or sending its request head or body, for too long. An
+    OSError, so pywsgi treats it as a broken connection and closes it."""
 
 
 class Handler(pywsgi.WSGIHandler):
@@ -85,14 +84,15 @@ class Handler(pywsgi.WSGIHandler):
 
     def handle(self) -> None:
         set_nodelay(self.socket)
-        if len(Handler.connections) > Handler.options.max_connections:
+        # The pool holds this connection's greenlet already: the others are one fewer.
+        if policy.should_shed(len(Handler.connections) - 1, Handler.options):
             Handler.telemetry.connection_rejected()
             with contextlib.suppress(OSError, gevent.Timeout):
                 self.socket.sendall(overloaded_response(IMPL))
                 # Half-close, then read what the client sent: closing with unread input would
                 # send a reset that can destroy the 503 before the client reads it.
                 self.socket.shutdown(socket.SHUT_WR)
-                with gevent.Timeout(SHED_LINGER_S):
+                with gevent.Timeout(policy.SHED_LINGER_S):
                     while self.socket.recv(65536):
                         pass
             return  # the server closes the socket when this returns
@@ -132,6 +132,7 @@ class Handler(pywsgi.WSGIHandler):
         environ = super().get_environ()
         environ["stackbench.target"] = self.path  # undecoded, query string included
         environ["stackbench.socket"] = self.socket
+        environ["stackbench.handler"] = self
         return environ
 
 
@@ -180,10 +181,14 @@ class App:
                     with self._cancelled_if_client_leaves(environ):
                         self._fanout(plan)
                     response = plan.response()
-                case Blocking(ms=ms):
-                    # offload or not, the same call: monkey patching already made it cooperative.
-                    legacy_blocking_call(ms)
+                case Blocking():
+                    call_blocking(plan)
                     response = plan.response()
+            if response.close_connection:
+                # pywsgi would read and discard the rest of the body after answering, for as
+                # long as the client trickles it: tell its input the stream is unusable, so the
+                # connection closes after the response instead.
+                environ["wsgi.input"]._chunked_input_error = True
             start_response(
                 f"{response.status} {reason(response.status)}", response_headers(IMPL, response)
             )
@@ -215,10 +220,17 @@ class App:
         declared = environ.get("CONTENT_LENGTH")
         if declared and int(declared) > contract.MAX_BODY_BYTES:
             return Echo.too_large()  # refuse before reading a byte of it
+        handler = environ["stackbench.handler"]
+        # The body must be in within the body timeout: the reaper enforces it.
+        handler.waiting_for, handler.waiting_since = "body", time.monotonic()
         try:
             body = environ["wsgi.input"].read(contract.MAX_BODY_BYTES + 1)
+        except HeadTimeout:
+            return Echo.timed_out()
         except (OSError, ValueError):  # pywsgi: body ended early, or a chunk size is garbage
             return Echo.incomplete()
+        finally:
+            handler.waiting_for = None
         if len(body) > contract.MAX_BODY_BYTES:
             return Echo.too_large()
         return Echo.response(body, environ.get("CONTENT_TYPE"))
@@ -262,13 +274,12 @@ class _DisconnectWatch:
 
 
 def _reap_slow_connections(options: ServeOptions) -> None:
-    limits = {"idle": options.idle_timeout, "head": options.header_timeout}
     while True:
-        gevent.sleep(REAP_INTERVAL_S)
+        gevent.sleep(policy.REAP_INTERVAL_S)
         now = time.monotonic()
         for handler in list(Handler.live):
             waiting_for = handler.waiting_for
-            if waiting_for and now - handler.waiting_since > limits[waiting_for]:
+            if policy.expired(waiting_for, handler.waiting_since, now, options):
                 handler.waiting_for = None
                 handler.greenlet.kill(HeadTimeout(f"{waiting_for} timeout"), block=False)
 
@@ -281,6 +292,7 @@ def _monitor_lag(telemetry: Telemetry) -> None:
 
 
 def serve(options: ServeOptions) -> None:
+    size_thread_pool()
     listener = bind(options)
     telemetry = make_telemetry(
         ServerInfo(IMPL, "gevent", gevent.__version__, f"gevent.pywsgi {gevent.__version__}"),

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import time
 from dataclasses import dataclass
+from email.utils import formatdate
 from http import HTTPStatus
 
 from servers.contract import IMPL_HEADER, JSON, TEXT, Response, error
@@ -94,11 +96,28 @@ def reason(status: int) -> str:
         return "Unknown"
 
 
+SERVER_HEADER = ("Server", "stackbench")
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date() -> tuple[str, str]:
+    """The Date header (RFC 9110 §6.6.1: an origin server with a clock MUST send it), made
+    once a second: formatting it per response would cost more than some whole responses."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return ("Date", _date_cache[1])
+
+
 def response_headers(impl: str, response: Response) -> list[tuple[str, str]]:
-    """The head of a complete (non-streamed) response, the same on every server."""
+    """The head of a complete (non-streamed) response, the same on every server: Content-Type,
+    Content-Length, Date, Server, X-Stackbench-Impl (and the response's own)."""
     headers = [
         ("Content-Type", response.content_type),
         ("Content-Length", str(len(response.body))),
+        http_date(),
+        SERVER_HEADER,
         (IMPL_HEADER, impl),
         *response.headers,
     ]
@@ -119,4 +138,4 @@ def overloaded_response(impl: str) -> bytes:
 
 
 def stream_headers(impl: str) -> list[tuple[str, str]]:
-    return [("Content-Type", TEXT), (IMPL_HEADER, impl)]
+    return [("Content-Type", TEXT), http_date(), SERVER_HEADER, (IMPL_HEADER, impl)]

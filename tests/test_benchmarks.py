@@ -57,3 +57,67 @@ def test_wrk_vs_cpu_benchmark_reports_a_ratio(tmp_path: Path) -> None:
     assert set(figures) == {"aiohttp"}
     assert figures["aiohttp"]["ratio"]["median"] > 0
     assert "ratio inside one run" in done.stdout
+
+
+def test_bare_servers_answer_hello_world() -> None:
+    import http.client
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from launch import BARE, Launched, Variant
+
+    for impl, name in BARE.items():
+        with Launched(Variant(impl, "bare")) as server:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            try:
+                for _ in range(2):  # the second on the same connection: keep-alive
+                    conn.request("GET", "/")
+                    response = conn.getresponse()
+                    assert (response.status, response.read()) == (200, b"Hello, World!"), name
+                    assert response.getheader("Content-Type", "").startswith("text/plain"), name
+                    assert not response.will_close, name
+            finally:
+                conn.close()
+            assert server.stop() == 0, f"{name} did not exit cleanly: {server.stderr_tail()}"
+
+
+def test_wrk_benchmark_runs_beside_bare_reference(tmp_path: Path) -> None:
+    out = tmp_path / "wrk.json"
+    done = subprocess.run(
+        [
+            sys.executable, str(BENCHMARKS / "wrk_servers.py"), "--bare",
+            "--servers", "threads-h11", "--duration", "1", "--warmup", "0", "--rounds", "1",
+            "--connections", "8", "--json", str(out),
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    row = json.loads(out.read_text())["threads-h11"]
+    assert row["bare"]["name"] == "threads_h11" and row["bare"]["median"] > 0
+    assert row["bare"]["errors"] == 0 and row["vs_bare"]["median"] > 0
+    assert "bare reference" in done.stdout
+
+
+def test_instruction_count_benchmark_counts_per_request(tmp_path: Path) -> None:
+    """Under valgrind: ~1 minute (three server processes start 15-20 s each)."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    out = tmp_path / "instructions.json"
+    done = subprocess.run(
+        [
+            sys.executable, str(BENCHMARKS / "instructions.py"), "--servers", "aiohttp",
+            "--n1", "20", "--n2", "60", "--warmup", "5", "--idle-seconds", "1",
+            "--json", str(out),
+        ],
+        capture_output=True, text=True, timeout=140,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    row = json.loads(out.read_text())["servers"]["aiohttp"]
+    for kind in ("server", "no-metrics", "bare"):
+        assert row[kind]["per_request"] > 0, kind
+        assert row[kind]["idle_per_s"] >= 0, kind
+    assert row["ratio"] > 0
+    assert "telemetry share" in done.stdout

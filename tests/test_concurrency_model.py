@@ -13,6 +13,7 @@ import pytest
 from httpclient import get, metrics, sample_value, timed_get, wait_until
 
 from loadtest.orchestrator.serverproc import ServerProcess
+from servers.contract import RUNTIMES
 
 SLEEP_S = 0.5
 
@@ -49,9 +50,9 @@ def _lag_samples_over(port: int, seconds: str) -> float:
     return total - within
 
 
-def _json_latency_while_blocking(port: int, offload: int) -> float:
+def _json_latency_while_blocking(port: int, offload: int, kind: str) -> float:
     blocker = threading.Thread(
-        target=get, args=(port, f"/blocking?ms={BLOCK_MS}&offload={offload}")
+        target=get, args=(port, f"/blocking?ms={BLOCK_MS}&offload={offload}&kind={kind}")
     )
     blocker.start()
     time.sleep(0.1)  # let the blocking call begin
@@ -61,14 +62,21 @@ def _json_latency_while_blocking(port: int, offload: int) -> float:
     return latency
 
 
+@pytest.mark.parametrize("kind", ["python", "c"])
 @pytest.mark.parametrize("offload", [0, 1])
-def test_blocking_call_stalls_only_an_async_loop_that_did_not_offload(
-    server: ServerProcess, offload: int
+def test_blocking_call_stalls_only_a_loop_that_did_not_offload(
+    server: ServerProcess, offload: int, kind: str
 ) -> None:
+    """The colouring pitfall and the C boundary: an explicit-await loop stalls on any blocking
+    call made inline; gevent only on one made in C, which monkey patching cannot see; threads
+    never. Offloaded, nothing stalls."""
     lag_before = _lag_samples_over(server.port, "0.25")
-    latency = _json_latency_while_blocking(server.port, offload)
+    latency = _json_latency_while_blocking(server.port, offload, kind)
     lag_after = _lag_samples_over(server.port, "0.25")
-    stalls = server.impl in ("trio", "aiohttp") and offload == 0
+    runtime = RUNTIMES[server.impl]
+    stalls = offload == 0 and (
+        runtime in ("trio", "asyncio") or (runtime == "gevent" and kind == "c")
+    )
     if stalls:
         # /json waited for the rest of the blocking call: the loop could not run it
         assert latency > 0.5 * BLOCK_MS / 1000, f"/json took {latency:.3f}s"

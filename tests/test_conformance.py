@@ -4,24 +4,28 @@ same errors, same HTTP/1.1 behaviour."""
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import http.client
 import json
 import socket
 import time
 
 import pytest
-from httpclient import get, raw_exchange, request, timed_get
+from httpclient import Reply, get, raw_exchange, request, timed_get
 
 from loadtest.orchestrator.serverproc import ServerProcess
 from servers.contract import IMPL_HEADER, IMPLS, MAX_BODY_BYTES, cpu_digest
 
+JSON = "application/json"
 OK_ROUTES = [
     ("/", b"Hello, World!", "text/plain"),
     ("/json", b'{"message":"Hello, World!"}', "application/json"),
     ("/sleep?ms=20", b'{"slept_ms":20}', "application/json"),
     ("/fanout?n=50&ms=20", b'{"children":50,"slept_ms":20}', "application/json"),
-    ("/blocking?ms=10&offload=1", b'{"blocked_ms":10,"offload":true}', "application/json"),
-    ("/blocking?ms=10&offload=0", b'{"blocked_ms":10,"offload":false}', "application/json"),
+    ("/blocking?ms=10&offload=1", b'{"blocked_ms":10,"offload":true,"kind":"python"}', JSON),
+    ("/blocking?ms=10&offload=0", b'{"blocked_ms":10,"offload":false,"kind":"python"}', JSON),
+    ("/blocking?ms=10&offload=1&kind=c", b'{"blocked_ms":10,"offload":true,"kind":"c"}', JSON),
+    ("/blocking?ms=10&offload=0&kind=c", b'{"blocked_ms":10,"offload":false,"kind":"c"}', JSON),
     ("/stream?chunks=3&ms=5", b"chunk 0\nchunk 1\nchunk 2\n", "text/plain"),
     ("/healthz", b"ok", "text/plain"),
 ]
@@ -91,6 +95,7 @@ def test_echo_reads_a_chunked_request_body(server: ServerProcess) -> None:
         ("GET", "/fanout?n=1001&ms=1", 400),
         ("GET", "/cpu?n=1000001", 400),
         ("GET", "/blocking?ms=10001", 400),
+        ("GET", "/blocking?ms=1&kind=rust", 400),
         ("GET", "/stream?chunks=1001&ms=1", 400),
     ],
 )
@@ -201,11 +206,27 @@ IDENTICAL_TARGETS = [
 ]
 
 
-def test_bodies_are_identical_across_servers(servers: dict[str, ServerProcess]) -> None:
+def _comparable(reply: Reply, impl: str) -> tuple:
+    """Status, every header (name and value, the Date's value and the impl's name aside) and
+    body: what must be the same whichever server answered."""
+    headers = sorted(
+        (name.lower(), "<date>" if name.lower() == "date" else value.replace(impl, "<impl>"))
+        for name, value in reply.headers.items()
+    )
+    return reply.status, tuple(headers), reply.body
+
+
+def test_answers_are_identical_across_servers(servers: dict[str, ServerProcess]) -> None:
     for method, target in IDENTICAL_TARGETS:
         answers = {
-            impl: (reply.status, reply.body)
-            for impl in IMPLS
-            for reply in [request(servers[impl].port, method, target)]
+            impl: _comparable(request(servers[impl].port, method, target), impl) for impl in IMPLS
         }
         assert len(set(answers.values())) == 1, f"{method} {target}: {answers}"
+
+
+def test_every_response_says_when_and_who(server: ServerProcess) -> None:
+    for method, target in IDENTICAL_TARGETS:
+        reply = request(server.port, method, target)
+        assert email.utils.parsedate_to_datetime(reply.header("Date")), (method, target)
+        assert reply.header("Server") == "stackbench"
+        assert reply.header(IMPL_HEADER) == server.impl

@@ -97,7 +97,7 @@ def test_port_in_use_is_a_one_line_error(impl: str) -> None:
         (("serve", "tornado"), "invalid choice"),
         (("serve", "trio", "--port", "70000"), "not a port"),
         (("serve", "trio", "--drain-timeout", "soon"), "not a number of seconds"),
-        (("serve", "trio", "--uvloop"), "aiohttp server only"),
+        (("serve", "trio", "--uvloop"), "aiohttp and asyncio-h11 servers only"),
         (("serve", "trio", "--host", "no-such-host.invalid"), "cannot resolve"),
     ],
 )

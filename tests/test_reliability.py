@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import socket
 import time
 
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadtest.orchestrator.serverproc import ServerProcess
+from servers.contract import IMPLS
 
 HEADER_TIMEOUT_S = 2.0
 SLOW_CLIENTS = 200
@@ -65,6 +67,33 @@ def test_slow_clients_neither_block_others_nor_stay(impl: str) -> None:
         assert get(server.port, "/healthz").status == 200
 
 
+def test_a_trickled_body_is_cut_off_at_the_header_timeout(impl: str) -> None:
+    """A client that announces a body and sends it a byte every 2 s (nginx's
+    client_body_timeout case) loses its connection within the header timeout, counted from
+    the body's start: a trickle cannot keep resetting it."""
+    with (
+        ServerProcess(impl, extra_args=("--header-timeout", str(HEADER_TIMEOUT_S))) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock,
+    ):
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
+        started = time.monotonic()
+        answer = b""
+        with contextlib.suppress(OSError):
+            while time.monotonic() - started < 20:
+                sock.sendall(b"x")
+                readable, _, _ = select.select([sock], [], [], 2.0)
+                if readable:
+                    chunk = sock.recv(65536)
+                    answer += chunk
+                    if not chunk:
+                        break
+        elapsed = time.monotonic() - started
+        # Closed (with a 408, or without a word) within the timeout and the reaper's sweep.
+        assert elapsed < HEADER_TIMEOUT_S + 2.5, elapsed
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert get(server.port, "/healthz").status == 200
+
+
 def test_idle_connections_are_closed(impl: str) -> None:
     with (
         ServerProcess(impl, extra_args=("--idle-timeout", "1")) as server,
@@ -75,7 +104,7 @@ def test_idle_connections_are_closed(impl: str) -> None:
         assert time.monotonic() - started < 5
 
 
-@pytest.fixture(scope="module", params=["gevent", "trio", "aiohttp"])
+@pytest.fixture(scope="module", params=IMPLS)
 def limited(request: pytest.FixtureRequest):
     with ServerProcess(request.param, extra_args=("--max-connections", "20")) as server:
         yield server
@@ -185,7 +214,7 @@ FUZZ_CASES = 120
 FUZZ_SILENCE_S = 0.15
 
 
-@pytest.mark.parametrize("impl_name", ["gevent", "trio", "aiohttp"])
+@pytest.mark.parametrize("impl_name", IMPLS)
 def test_fuzzed_requests_never_get_500_nor_hurt_the_server(impl_name: str) -> None:
     with ServerProcess(impl_name, extra_args=("--header-timeout", "1")) as server:
         rss_before = psutil.Process(server.pid).memory_info().rss

@@ -432,3 +432,29 @@ def test_locust_refuses_a_target_that_is_not_loopback(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "not a loopback address" in done.stderr and "STACKBENCH_ALLOW_REMOTE" in done.stderr
+
+
+def test_runtime_tier_run_shows_the_c_boundary(tmp_path: Path) -> None:
+    """The runtime tier (one h11 core on each runtime): an inline C call stalls gevent as it
+    stalls the explicit-await loops, and stalls nothing on threads."""
+    out = tmp_path / "out"
+    done = _stackbench(
+        "run", "--profile", "smoke", "--tier", "runtime", "--scenarios", "c_boundary",
+        "--out", str(out), timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    jsonschema.validate(results, json.loads(SCHEMA_PATH.read_text()))
+    assert results["tiers"] == {
+        "stack": ["trio"], "runtime": ["gevent-h11", "asyncio-h11", "trio", "threads-h11"]
+    }  # fmt: skip
+    probe = {
+        server: headline["figures"]["c_boundary_probe_p99_ms"]["median"]
+        for server, headline in results["headline"].items()
+    }
+    # Light requests queue behind 20 ms C calls on every single-threaded runtime...
+    for server in ("gevent-h11", "asyncio-h11", "trio"):
+        assert probe[server] > 10, probe
+    # ...and not where each connection has its own thread.
+    assert probe["threads-h11"] < min(probe[s] for s in ("gevent-h11", "asyncio-h11", "trio"))
+    assert "runtime tier" in (out / "report.html").read_text()

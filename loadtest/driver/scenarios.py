@@ -59,6 +59,8 @@ _ECHO_BODY = b"x" * 4096
 BLOCKING_MS = 20  # what the coloring scenario's blocking calls take
 OFFLOADED = "/blocking offload=1"
 INLINE = "/blocking offload=0"
+C_OFFLOADED = "/blocking kind=c offload=1"
+C_INLINE = "/blocking kind=c offload=0"
 
 SCENARIOS: dict[str, Scenario] = {
     scenario.name: scenario
@@ -85,7 +87,7 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             stagger_seconds=2.0,
             settle_seconds=3.0,
-            min_step_seconds=6.0,
+            min_step_seconds=5.0,
         ),
         Scenario(
             "fanout",
@@ -121,6 +123,29 @@ SCENARIOS: dict[str, Scenario] = {
             user_steps=(4, 16, 64),
             rate_steps=(50, 150, 300),
             figures=("coloring_probe_p99_ms", "inline_p50_ms"),
+        ),
+        Scenario(
+            "c_boundary",
+            "Does a blocking call made in C (which monkey patching cannot see) stall the "
+            "runtime, inline and offloaded?",
+            (
+                Request(
+                    "GET",
+                    f"/blocking?ms={BLOCKING_MS}&offload=1&kind=c",
+                    weight=1,
+                    label=C_OFFLOADED,
+                ),
+                Request(
+                    "GET",
+                    f"/blocking?ms={BLOCKING_MS}&offload=0&kind=c",
+                    weight=1,
+                    label=C_INLINE,
+                ),
+                Request("GET", "/json", weight=8),
+            ),
+            user_steps=(4, 16, 64),
+            rate_steps=(50, 150, 300),
+            figures=("c_boundary_probe_p99_ms", "c_inline_p50_ms"),
         ),
         Scenario(
             "offload",

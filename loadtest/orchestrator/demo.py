@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 from loadtest.orchestrator.serverproc import ServerProcess
-from servers.contract import IMPLS
+from servers.contract import STACK_TIER
 
 SMOKE_TARGETS = ("/", "/json", "/sleep?ms=10", "/fanout?n=10&ms=10", "/cpu?n=1000", "/nope")
 
@@ -27,7 +27,7 @@ def run_demo(base_port: int, duration: float | None) -> None:
     """Start gevent, trio and aiohttp on base_port, +1, +2; raise ServerStartError if one cannot."""
     with contextlib.ExitStack() as stack:
         servers = {}
-        for offset, impl in enumerate(IMPLS):
+        for offset, impl in enumerate(STACK_TIER):
             servers[impl] = stack.enter_context(ServerProcess(impl, port=base_port + offset))
         print(f"{'server':<8} {'URL':<24} metrics")
         for impl, server in servers.items():
@@ -35,7 +35,7 @@ def run_demo(base_port: int, duration: float | None) -> None:
         print("\nSame request, same bytes from every server:")
         for target in SMOKE_TARGETS:
             answers = {impl: _fetch(server.url + target) for impl, server in servers.items()}
-            status, body = answers[IMPLS[0]]
+            status, body = answers[STACK_TIER[0]]
             same = "identical" if len(set(answers.values())) == 1 else "DIFFERENT"
             print(f"  {target:<22} {status} {len(body):>4} bytes  {same}")
         stop = threading.Event()

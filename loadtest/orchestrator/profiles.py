@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from loadtest.driver.scenarios import SCENARIOS
 
 CORE_SCENARIOS = (
-    "plaintext", "io_hold", "fanout", "starvation", "coloring", "offload", "echo",
+    "plaintext", "io_hold", "fanout", "starvation", "coloring", "c_boundary", "offload", "echo",
 )  # fmt: skip
 
 
@@ -41,6 +41,7 @@ PROFILES = {
                 "fanout": (4, 16),
                 "starvation": (2, 8),
                 "coloring": (2, 8),
+                "c_boundary": (2, 8),
                 "offload": (2, 8),
                 "echo": (4, 16),
                 "mixed": (4, 16),
@@ -56,11 +57,14 @@ PROFILES = {
             levels={
                 "plaintext": (1, 8, 64),
                 "io_hold": (250, 500, 1000),
-                "fanout": (8, 32),
+                # One level where one is enough for CPU per request: the time goes to the
+                # scenarios whose figures compare levels.
+                "fanout": (16,),
                 "starvation": (4, 16),
                 "coloring": (4, 16),
+                "c_boundary": (4, 16),
                 "offload": (4, 16),
-                "echo": (8, 32),
+                "echo": (4,),  # below what saturates one Locust core
                 "mixed": (8, 32),
             },
         ),

@@ -50,6 +50,7 @@ from loadtest.records import (
     utc_iso,
 )
 from loadtest.reporting import report, results
+from servers.contract import TIERS
 
 LOCUSTFILES = Path(__file__).resolve().parent.parent / "locustfiles"
 LOCUST_START_TIMEOUT_S = 30.0
@@ -286,6 +287,11 @@ def execute(plan: Plan) -> Path:
                 repeat=plan.repeat,
             ),
             planned=plan.keys(),
+            tiers={
+                tier: [s for s in members if s in plan.servers]
+                for tier, members in TIERS.items()
+                if any(s in plan.servers for s in members)
+            },
             scenarios=plan.scenario_specs(),
             environment=environment().model_copy(update={"load_average_1m": load_average}),
             versions=versions(),

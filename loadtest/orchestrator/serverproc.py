@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ANNOUNCE = re.compile(r"stackbench (\w+) listening on (http://\S+):(\d+)")
+ANNOUNCE = re.compile(r"stackbench ([\w-]+) listening on (http://\S+):(\d+)")
 START_TIMEOUT_S = 30.0
 
 

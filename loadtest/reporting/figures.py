@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from loadtest.driver.scenarios import BLOCKING_MS, INLINE, OFFLOADED, SCENARIOS
+from loadtest.driver.scenarios import BLOCKING_MS, C_INLINE, INLINE, OFFLOADED, SCENARIOS
 from loadtest.records import Figure, ScenarioRun, ServerHeadline, Step
 
 __all__ = [
@@ -122,10 +122,13 @@ def _top(run: ScenarioRun) -> Step | None:
     return run.steps[-1] if run.steps else None
 
 
-def _inline_p50(run: ScenarioRun) -> Reading:
-    top = _top(run)
-    figures = top.routes.get(INLINE) if top else None
-    return Reading(figures.p50_ms if figures else None)
+def _route_p50(route: str) -> Callable[[ScenarioRun], Reading]:
+    def read(run: ScenarioRun) -> Reading:
+        top = _top(run)
+        figures = top.routes.get(route) if top else None
+        return Reading(figures.p50_ms if figures else None)
+
+    return read
 
 
 def _offload_overhead(run: ScenarioRun) -> Reading:
@@ -199,7 +202,15 @@ FIGURES: dict[str, FigureSpec] = {
         ),
         FigureSpec(
             "inline_p50_ms", f"p50 of an inline {BLOCKING_MS} ms blocking call", "ms", 1,
-            "lower", "closed", _inline_p50,
+            "lower", "closed", _route_p50(INLINE),
+        ),
+        FigureSpec(
+            "c_boundary_probe_p99_ms", "/json p99 beside blocking calls in C", "ms", 1,
+            "lower", "closed", _route_p99("/json", _top),
+        ),
+        FigureSpec(
+            "c_inline_p50_ms", f"p50 of an inline {BLOCKING_MS} ms blocking call in C", "ms",
+            1, "lower", "closed", _route_p50(C_INLINE),
         ),
         FigureSpec(
             "offload_overhead_ms", f"offload overhead (mean, on a {BLOCKING_MS} ms call)", "ms",

@@ -21,6 +21,10 @@ COLOURS = {
     "asyncio": "#1f77b4",
     "uvloop": "#17becf",
     "thread": "#d62728",
+    # The runtime tier: the same runtime's colour, lighter (trio is in both tiers).
+    "gevent-h11": "#98df8a",
+    "asyncio-h11": "#aec7e8",
+    "threads-h11": "#ff9896",
 }
 OTHER_COLOUR = "#7f7f7f"
 
@@ -220,6 +224,21 @@ def _chart_lag(results: Results) -> str:
                       series)  # fmt: skip
 
 
+def _tiers_note(results: Results) -> str:
+    if not results.tiers:
+        return ""
+    parts = []
+    for tier, servers in results.tiers.items():
+        what = {
+            "stack": "each runtime with the HTTP stack people deploy on it (aiohttp parses in C, "
+            "gevent.pywsgi and h11 in Python)",
+            "runtime": "one HTTP core (h11) on each runtime, so the runtimes differ and nothing "
+            "else",
+        }.get(tier, "")
+        parts.append(f"<b>{html.escape(tier)} tier</b> ({html.escape(', '.join(servers))}): {what}")
+    return '<p class="note">Servers: ' + "; ".join(parts) + ".</p>"
+
+
 def _swatch(server: str) -> str:
     colour = COLOURS.get(server, OTHER_COLOUR)
     return f'<span class="swatch" style="background:{colour}"></span>{html.escape(server)}'
@@ -256,12 +275,10 @@ def _ceiling_cell(results: Results, server: str) -> str:
         return '<td class="num">&ndash;</td>'
     if not ceiling.driver_bound:
         return _cell(ceiling)
-    capacity = headline.capacity_rps_per_core.get("plaintext")
-    implied = f"; its CPU per request implies {number(capacity.median)}/core" if capacity else ""
     return (
-        '<td class="num"><span class="flag" title="the load generator was saturated: this is '
-        f"what Locust could drive, not the server's ceiling\">driver-bound</span> Locust "
-        f"reached {number(ceiling.median)}{implied}</td>"
+        f'<td class="num">&ge; {number(ceiling.median)} <span class="flag" title="the load '
+        "generator was saturated: this is what Locust could drive, not the server's ceiling; "
+        'see the capacity its CPU per request implies">driver-bound</span></td>'
     )
 
 
@@ -294,6 +311,7 @@ def _headline_table(results: Results) -> str:
             _cell(figures.get("starvation_probe_p99_ms")),
             _cell(figures.get("offload_overhead_ms")),
             _cell(figures.get("coloring_probe_p99_ms")),
+            _cell(figures.get("c_boundary_probe_p99_ms")),
         ]
         rows.append(f"<tr><th>{_swatch(server)}</th>{''.join(cells)}</tr>")
     return (
@@ -304,7 +322,8 @@ def _headline_table(results: Results) -> str:
         "<th>scheduler lag p99 ms under CPU load</th>"
         "<th>/json p99 ms beside CPU-bound requests</th>"
         f"<th>offload overhead ms (mean, on a {BLOCKING_MS} ms call)</th>"
-        "<th>/json p99 ms beside blocking calls</th></tr>" + "".join(rows) + "</table>"
+        "<th>/json p99 ms beside blocking calls</th>"
+        "<th>/json p99 ms beside blocking calls in C</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -417,6 +436,7 @@ Locust on CPU {pinning.driver_cpus}. {html.escape(env.cpu_model)}, kernel
 {env.load_average_1m:g} at start. stackbench {html.escape(results.provenance.stackbench_version)}
 {html.escape(commit[:12] if commit else "")}. {html.escape(versions)}.</p>
 {_repeats_note(results)}
+{_tiers_note(results)}
 <h2>CPU per request</h2>
 {_cpu_table(results)}
 <p class="note">Server CPU time (utime + stime from /proc) per completed request, with the

@@ -111,6 +111,7 @@ def build(out: Path) -> Results:
         started=header.started,
         finished=utc_iso(finished_at) if finished_at is not None else None,
         profile=header.profile,
+        tiers=header.tiers,
         scenarios=header.scenarios,
         environment=header.environment,
         versions=header.versions,

@@ -1,0 +1,266 @@
+"""One HTTP/1.1 connection, free of I/O: h11 turns bytes into events, this turns events into
+responses, and asks its runtime for the rest.
+
+The runtime tier (trio, gevent-h11, asyncio-h11, threads-h11) serves every connection with this
+one state machine, so those servers differ only in how they wait, read, write, spawn and
+cancel. `ConnectionCore.run()` is a generator that yields what it needs done:
+
+    Receive()   read some bytes (b"" at end of file); send back what was read
+    Send(data)  write these bytes
+    Wait(work)  carry out a plan's waiting (sleep, fan out, call a blocking library, pause a
+                stream) while watching the socket; send back a `Watched`
+
+and each runtime drives it with its own I/O (`await` in trio and asyncio, plain calls in gevent
+and threads). While it waits to read, `waiting_for` and `waiting_since` say for what and since
+when, so that the server's sweeping task can apply `policy.expired` to it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import h11
+
+from servers import contract
+from servers.contract import (
+    Blocking,
+    Echo,
+    Fanout,
+    Metrics,
+    Reply,
+    Response,
+    Sleep,
+    Stream,
+)
+from servers.lifecycle import reason, response_headers, stream_headers
+from servers.protocol.policy import Waiting
+from servers.telemetry import CLIENT_CLOSED_STATUS, Telemetry
+
+__all__ = ["ConnectionCore", "Pause", "Receive", "Send", "Wait", "Watched"]
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """Read what the client sent next (b"" when it closed its side)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """The gap between two chunks of a streamed response."""
+
+    ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Carry out `work`, watching the socket meanwhile (except for a blocking call, which no
+    runtime can interrupt): if the client leaves, cancel the work and report it gone."""
+
+    work: Sleep | Fanout | Blocking | Pause
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """How a Wait ended: whether the client left, and any bytes it sent meanwhile (a
+    pipelined request, kept for the next cycle)."""
+
+    client_gone: bool = False
+    received: bytes = b""
+
+
+NOT_GONE = Watched()
+Operation = Receive | Send | Wait
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request was being handled."""
+
+
+class ConnectionCore:
+    def __init__(
+        self, impl: str, telemetry: Telemetry, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.impl = impl
+        self.telemetry = telemetry
+        self.clock = clock
+        self.http = h11.Connection(h11.SERVER)
+        self.waiting_for: Waiting = None
+        self.waiting_since = 0.0
+        # Set by a draining server: finish the request in hand, then close.
+        self.closing = False
+
+    def run(self) -> Generator[Operation, object, None]:
+        try:
+            while not self.closing:
+                request = yield from self._next_request()
+                if request is None:
+                    return
+                yield from self._handle(request)
+                if self.http.our_state is not h11.DONE or self.http.their_state is not h11.DONE:
+                    return  # Connection: close, an unread body, or a client that left
+                self.http.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            yield from self._send_error(exc.error_status_hint, str(exc) or "malformed request")
+        except ClientGone:
+            pass
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            yield from self._send_error(500, "internal error")
+        finally:
+            self.waiting_for = None
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _receive(self, waiting: Waiting) -> Generator[Operation, object, None]:
+        if self.waiting_for != waiting:
+            self.waiting_for, self.waiting_since = waiting, self.clock()
+        data = yield Receive()
+        assert isinstance(data, bytes)
+        self.http.receive_data(data)
+
+    def _next_request(self) -> Generator[Operation, object, h11.Request | None]:
+        """The next request's head; None when the client or a drain ends the connection."""
+        event = self.http.next_event()  # a pipelined request may already be buffered
+        if event is h11.NEED_DATA:
+            yield from self._receive("idle")
+            # The head has begun: all of it must arrive within the header timeout.
+            event = yield from self._next_event("head")
+        self.waiting_for = None  # handling the request has no such limit
+        return event if isinstance(event, h11.Request) else None
+
+    def _next_event(self, waiting: Waiting) -> Generator[Operation, object, h11.Event]:
+        while True:
+            event = self.http.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            yield from self._receive(waiting)
+
+    def _read_body(
+        self, limit: int, keep: bool = True
+    ) -> Generator[Operation, object, bytes | None]:
+        """The request body, or None once it exceeds `limit` (the rest is left unread and the
+        connection closes after the response)."""
+        if self.http.they_are_waiting_for_100_continue:
+            yield Send(self.http.send(h11.InformationalResponse(status_code=100, headers=[])))
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                event = yield from self._next_event("body")
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > limit:
+                        return None
+                    if keep:
+                        chunks.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    return b"".join(chunks)
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ClientGone
+        finally:
+            self.waiting_for = None
+
+    # -- handling ------------------------------------------------------------------------
+
+    def _handle(self, request: h11.Request) -> Generator[Operation, object, None]:
+        method = request.method.decode("ascii", "replace")
+        head = method == "HEAD"
+        route, plan = contract.plan(method, request.target.decode("latin-1"))
+        started = self.telemetry.request_started()
+        status = CLIENT_CLOSED_STATUS  # stays so if the client leaves first
+        try:
+            if isinstance(plan, Echo):
+                response = yield from self._echo(request)
+            else:
+                yield from self._read_body(contract.MAX_BODY_BYTES, keep=False)
+                response = yield from self._execute(plan, head)
+            if response is None:
+                status = 200  # streamed
+            else:
+                yield Send(self._wire(response, head))
+                status = response.status
+        finally:
+            self.telemetry.request_finished(route, method, status, started)
+
+    def _execute(
+        self, plan: contract.Plan, head: bool
+    ) -> Generator[Operation, object, Response | None]:
+        match plan:
+            case Reply(response=response):
+                return response
+            case Metrics():
+                return self.telemetry.exposition()
+            case Sleep() | Fanout() | Blocking():
+                yield from self._wait(plan)
+                return plan.response()
+            case Stream():
+                yield from self._stream(plan, head)
+                return None
+        raise AssertionError(f"unhandled plan {plan!r}")  # pragma: no cover
+
+    def _wait(self, work: Sleep | Fanout | Blocking | Pause) -> Generator[Operation, object, None]:
+        watched = yield Wait(work)
+        assert isinstance(watched, Watched)
+        if watched.received:
+            self.http.receive_data(watched.received)  # kept for the next cycle
+        if watched.client_gone:
+            raise ClientGone
+
+    def _stream(self, plan: Stream, head: bool) -> Generator[Operation, object, None]:
+        yield Send(
+            self.http.send(
+                h11.Response(status_code=200, headers=stream_headers(self.impl), reason=reason(200))
+            )
+        )
+        if not head:
+            for index in range(plan.chunks):
+                if index:
+                    yield from self._wait(Pause(plan.ms))
+                yield Send(self.http.send(h11.Data(data=plan.chunk(index))))
+        yield Send(self.http.send(h11.EndOfMessage()))
+
+    def _echo(self, request: h11.Request) -> Generator[Operation, object, Response]:
+        headers = dict(request.headers)
+        declared = headers.get(b"content-length")
+        if declared is not None and int(declared) > contract.MAX_BODY_BYTES:
+            return Echo.too_large()  # refuse before reading a byte of it
+        body = yield from self._read_body(contract.MAX_BODY_BYTES)
+        if body is None:
+            return Echo.too_large()
+        content_type = headers.get(b"content-type")
+        return Echo.response(body, content_type.decode("latin-1") if content_type else None)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _wire(self, response: Response, head: bool) -> bytes:
+        """The whole response in one buffer: head and body leave in one write."""
+        wire = self.http.send(
+            h11.Response(
+                status_code=response.status,
+                headers=response_headers(self.impl, response),
+                reason=reason(response.status),
+            )
+        )
+        if not head and response.body:
+            wire += self.http.send(h11.Data(data=response.body))
+        return wire + self.http.send(h11.EndOfMessage())
+
+    def _send_error(self, status: int, message: str) -> Generator[Operation, object, None]:
+        # h11 lets a server answer from IDLE too: an error before a whole request arrived.
+        if self.http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return  # part of a response already went out: all that is left is to close
+        response = contract.error(status, message[:200], (("Connection", "close"),))
+        try:
+            wire = self._wire(response, head=False)
+        except h11.LocalProtocolError:
+            return
+        yield Send(wire)

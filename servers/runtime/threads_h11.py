@@ -1,0 +1,226 @@
+"""OS threads on the shared h11 core: stdlib sockets, a thread per connection.
+
+The preemptive baseline that gevent imitates: every connection has a real stack (the kernel's
+and the interpreter's), blocking calls block only their own thread, and the GIL lets one thread
+run Python at a time. No pool: a connection gets a thread for as long as it is open, up to
+`--max-connections` (each thread reserves its stack's address space, 8 MiB by default, but only
+the pages it touches count in RSS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import signal
+import socket
+import threading
+import time
+
+import h11
+
+from servers.contract import Blocking, Fanout, Sleep, legacy_blocking_call
+from servers.lifecycle import ServeOptions, announce, bind, overloaded_response, set_nodelay
+from servers.protocol import policy
+from servers.protocol.h11_connection import (
+    NOT_GONE,
+    ConnectionCore,
+    Pause,
+    Receive,
+    Send,
+    Wait,
+    Watched,
+)
+from servers.telemetry import LAG_INTERVAL_S, ServerInfo, Telemetry, lag_after, make_telemetry
+
+IMPL = "threads-h11"
+RECEIVE_BYTES = 64 * 1024
+ACCEPT_POLL_S = 0.25  # how often the accepting thread looks for a stop signal
+
+
+class ThreadsH11Server:
+    def __init__(self, telemetry: Telemetry, options: ServeOptions) -> None:
+        self.telemetry = telemetry
+        self.options = options
+        self.draining = False
+        self.lock = threading.Lock()  # guards `connections` (threads preempt each other)
+        self.connections: dict[ConnectionCore, socket.socket] = {}
+        telemetry.limit_connections(options.max_connections)
+        telemetry.count_tasks_with(threading.active_count)
+        telemetry.count_connections_with(lambda: len(self.connections))
+
+    def accept(self, listener: socket.socket) -> None:
+        sock, _ = listener.accept()
+        sock.setblocking(True)
+        set_nodelay(sock)
+        with self.lock:
+            shed = policy.should_shed(len(self.connections), self.options)
+        target = self._shed if shed else self._serve_connection
+        threading.Thread(target=target, args=(sock,), daemon=True).start()
+
+    def _shed(self, sock: socket.socket) -> None:
+        self.telemetry.connection_rejected()
+        with sock, contextlib.suppress(OSError):
+            sock.sendall(overloaded_response(IMPL))
+            # Half-close, then read what the client sent: closing with unread input would send
+            # a reset that can destroy the 503 before the client reads it.
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(policy.SHED_LINGER_S)
+            while sock.recv(RECEIVE_BYTES):
+                pass
+
+    def _serve_connection(self, sock: socket.socket) -> None:
+        core = ConnectionCore(IMPL, self.telemetry)
+        core.closing = self.draining
+        with self.lock:
+            self.connections[core] = sock
+        try:
+            self._drive(core, sock)
+        finally:
+            with self.lock:
+                del self.connections[core]
+            sock.close()
+
+    def _drive(self, core: ConnectionCore, sock: socket.socket) -> None:
+        steps = core.run()
+        result: object = None
+        try:
+            while True:
+                match steps.send(result):
+                    case Receive():
+                        result = sock.recv(RECEIVE_BYTES)
+                    case Send(data=data):
+                        sock.sendall(data)
+                        result = None
+                    case Wait(work=work):
+                        result = self._wait(work, sock)
+        except StopIteration:
+            return
+        except OSError:
+            pass
+        finally:
+            steps.close()  # a request cut short is recorded as the client's (499)
+
+    def _wait(self, work: Sleep | Fanout | Blocking | Pause, sock: socket.socket) -> Watched:
+        match work:
+            case Sleep(ms=ms) | Pause(ms=ms):
+                return _watching(sock, ms / 1000)
+            case Fanout():
+                return _fanout(work, sock)
+            case Blocking(ms=ms, kind=kind):
+                legacy_blocking_call(ms, kind)  # offloaded or not: this thread is the offload
+        return NOT_GONE
+
+    def reap_slow_connections(self, stop: threading.Event) -> None:
+        while not stop.wait(policy.REAP_INTERVAL_S):
+            now = time.monotonic()
+            with self.lock:
+                expired = [
+                    sock
+                    for core, sock in self.connections.items()
+                    if policy.expired(core.waiting_for, core.waiting_since, now, self.options)
+                ]
+            for sock in expired:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # its blocked recv returns: it closes
+
+    def drain(self) -> None:
+        self.draining = True
+        with self.lock:
+            connections = list(self.connections.items())
+        for core, sock in connections:
+            core.closing = True
+            if core.waiting_for == "idle":
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RD)  # wakes its recv with end-of-file
+
+
+def _watching(
+    sock: socket.socket, seconds: float, cancel: threading.Event | None = None
+) -> Watched:
+    """Wait `seconds` while watching the socket (a thread cannot be interrupted, so it waits in
+    select on its own socket): returns early if the client closes it."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([sock], [], [], left)
+        if readable:
+            try:
+                data = sock.recv(RECEIVE_BYTES)
+            except OSError:
+                data = b""
+            if not data:
+                return Watched(client_gone=True)
+            # A pipelined request: keep it, and stop watching (as the other servers do).
+            _sleep_until(deadline, cancel)
+            return Watched(received=data)
+    return NOT_GONE
+
+
+def _sleep_until(deadline: float, cancel: threading.Event | None) -> None:
+    left = deadline - time.monotonic()
+    if left > 0:
+        (cancel or threading.Event()).wait(left)
+
+
+def _fanout(plan: Fanout, sock: socket.socket) -> Watched:
+    """A thread per child, each waiting on one event; structured: this thread waits for all of
+    them, and if the client leaves it sets the event, so all of them return at once."""
+    cancel = threading.Event()
+    children = [
+        threading.Thread(target=cancel.wait, args=(plan.ms / 1000,), daemon=True)
+        for _ in range(plan.children)
+    ]
+    for child in children:
+        child.start()
+    try:
+        watched = _watching(sock, plan.ms / 1000, cancel)
+    finally:
+        if any(child.is_alive() for child in children):
+            cancel.set()  # the client left (or this thread failed): stop every child
+        for child in children:
+            child.join()
+    return watched
+
+
+def _monitor_lag(telemetry: Telemetry, stop: threading.Event) -> None:
+    while True:
+        armed = time.perf_counter()
+        if stop.wait(LAG_INTERVAL_S):
+            return
+        telemetry.observe_lag(lag_after(armed))
+
+
+def serve(options: ServeOptions) -> None:
+    telemetry = make_telemetry(
+        ServerInfo(IMPL, "threads", "python " + _python(), f"h11 {h11.__version__}"),
+        options.metrics,
+    )
+    server = ThreadsH11Server(telemetry, options)
+    listener = bind(options)
+    listener.settimeout(ACCEPT_POLL_S)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    background = [threading.Thread(target=server.reap_slow_connections, args=(stop,), daemon=True)]
+    if telemetry.enabled:
+        background.append(
+            threading.Thread(target=_monitor_lag, args=(telemetry, stop), daemon=True)
+        )
+    for thread in background:
+        thread.daemon = True
+        thread.start()
+    announce(IMPL, listener)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError, BlockingIOError, InterruptedError):
+            server.accept(listener)
+    # Drain: stop accepting, close idle connections, give the rest a deadline.
+    listener.close()
+    server.drain()
+    deadline = time.monotonic() + options.drain_timeout
+    while server.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _python() -> str:
+    import platform
+
+    return platform.python_version()

@@ -44,13 +44,11 @@ from servers.lifecycle import (
     stream_headers,
 )
 from servers.protocol import policy
-from servers.runtime.gevent_calls import call_blocking, size_thread_pool
+from servers.runtime.gevent_calls import call_blocking, monitor_lag, size_thread_pool
 from servers.telemetry import (
     CLIENT_CLOSED_STATUS,
-    LAG_INTERVAL_S,
     ServerInfo,
     Telemetry,
-    lag_after,
     make_telemetry,
 )
 
@@ -284,13 +282,6 @@ def _reap_slow_connections(options: ServeOptions) -> None:
                 handler.greenlet.kill(HeadTimeout(f"{waiting_for} timeout"), block=False)
 
 
-def _monitor_lag(telemetry: Telemetry) -> None:
-    while True:
-        armed = time.perf_counter()
-        gevent.sleep(LAG_INTERVAL_S)
-        telemetry.observe_lag(lag_after(armed))
-
-
 def serve(options: ServeOptions) -> None:
     size_thread_pool()
     listener = bind(options)
@@ -305,7 +296,7 @@ def serve(options: ServeOptions) -> None:
     server = pywsgi.WSGIServer(listener, app, spawn=connections, handler_class=Handler, log=None)
     app.spawned.spawn(_reap_slow_connections, options)
     if telemetry.enabled:
-        app.spawned.spawn(_monitor_lag, telemetry)
+        app.spawned.spawn(monitor_lag, telemetry)
     stopping = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)

@@ -22,15 +22,8 @@ from servers import contract
 from servers.contract import Blocking, Fanout, Sleep, legacy_blocking_call
 from servers.lifecycle import ServeOptions, announce, bind, overloaded_response, set_nodelay
 from servers.protocol import policy
-from servers.protocol.h11_connection import (
-    NOT_GONE,
-    ConnectionCore,
-    Pause,
-    Receive,
-    Send,
-    Wait,
-    Watched,
-)
+from servers.protocol.drive import drive_async
+from servers.protocol.h11_connection import NOT_GONE, ConnectionCore, Pause, Watched
 from servers.telemetry import LAG_INTERVAL_S, ServerInfo, Telemetry, lag_after, make_telemetry
 
 IMPL = "asyncio-h11"
@@ -114,27 +107,19 @@ class _Connection:
         self.writer = writer
 
     async def run(self) -> None:
-        steps = self.core.run()
-        result: object = None
-        try:
-            while True:
-                match steps.send(result):
-                    case Receive():
-                        result = await self.reader.read(RECEIVE_BYTES)
-                    case Send(data=data):
-                        self.writer.write(data)
-                        if self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-                            await self.writer.drain()
-                        result = None
-                    case Wait(work=work):
-                        result = await self._wait(work)
-        except StopIteration:
-            return
-        except (OSError, asyncio.CancelledError):  # cancelled: the reaper timed it out
-            pass
-        finally:
-            steps.close()  # a request cut short is recorded as the client's (499)
+        await drive_async(
+            self.core,
+            receive=lambda: self.reader.read(RECEIVE_BYTES),
+            send=self._send,
+            wait=self._wait,
+            ends=(OSError, asyncio.CancelledError),  # cancelled: the reaper timed it out
+        )
         with contextlib.suppress(OSError):
+            await self.writer.drain()
+
+    async def _send(self, data: bytes) -> None:
+        self.writer.write(data)
+        if self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
             await self.writer.drain()
 
     async def _wait(self, work: Sleep | Fanout | Blocking | Pause) -> Watched:

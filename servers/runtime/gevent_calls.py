@@ -1,14 +1,18 @@
 """What both gevent servers (gevent.pywsgi and gevent-h11) do the same gevent way: call a
-blocking library. Imported only in a process that gevent has monkey-patched."""
+blocking library, watch the hub's lag. Imported only in a process that gevent has
+monkey-patched."""
 
 from __future__ import annotations
+
+import time
 
 import gevent
 
 from servers import contract
 from servers.contract import Blocking, legacy_blocking_call
+from servers.telemetry import LAG_INTERVAL_S, Telemetry, lag_after
 
-__all__ = ["call_blocking", "size_thread_pool"]
+__all__ = ["call_blocking", "monitor_lag", "size_thread_pool"]
 
 
 def size_thread_pool() -> None:
@@ -25,3 +29,12 @@ def call_blocking(plan: Blocking) -> None:
         gevent.get_hub().threadpool.apply(legacy_blocking_call, (plan.ms, plan.kind))
     else:
         legacy_blocking_call(plan.ms, plan.kind)
+
+
+def monitor_lag(telemetry: Telemetry) -> None:
+    """How late a 10 ms timer fires in the hub: what a greenlet that does not yield costs
+    the others."""
+    while True:
+        armed = time.perf_counter()
+        gevent.sleep(LAG_INTERVAL_S)
+        telemetry.observe_lag(lag_after(armed))

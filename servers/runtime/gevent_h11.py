@@ -30,21 +30,12 @@ from servers.lifecycle import (  # noqa: E402
     set_nodelay,
 )
 from servers.protocol import policy  # noqa: E402
-from servers.protocol.h11_connection import (  # noqa: E402
-    NOT_GONE,
-    ConnectionCore,
-    Pause,
-    Receive,
-    Send,
-    Wait,
-    Watched,
-)
-from servers.runtime.gevent_calls import call_blocking, size_thread_pool  # noqa: E402
+from servers.protocol.drive import drive  # noqa: E402
+from servers.protocol.h11_connection import NOT_GONE, ConnectionCore, Pause, Watched  # noqa: E402
+from servers.runtime.gevent_calls import call_blocking, monitor_lag, size_thread_pool  # noqa: E402
 from servers.telemetry import (  # noqa: E402
-    LAG_INTERVAL_S,
     ServerInfo,
     Telemetry,
-    lag_after,
     make_telemetry,
 )
 
@@ -97,24 +88,13 @@ class GeventH11Server:
                     pass
 
     def _drive(self, core: ConnectionCore, sock: socket.socket) -> None:
-        steps = core.run()
-        result: object = None
-        try:
-            while True:
-                match steps.send(result):
-                    case Receive():
-                        result = sock.recv(RECEIVE_BYTES)
-                    case Send(data=data):
-                        sock.sendall(data)
-                        result = None
-                    case Wait(work=work):
-                        result = self._wait(work, sock)
-        except StopIteration:
-            return
-        except (OSError, _TimedOut, _ClientLeft):  # _ClientLeft: a watcher's late throw
-            pass
-        finally:
-            steps.close()  # a request cut short is recorded as the client's (499)
+        drive(
+            core,
+            receive=lambda: sock.recv(RECEIVE_BYTES),
+            send=sock.sendall,
+            wait=lambda work: self._wait(work, sock),
+            ends=(OSError, _TimedOut, _ClientLeft),  # _ClientLeft: a watcher's late throw
+        )
 
     def _wait(self, work: Sleep | Fanout | Blocking | Pause, sock: socket.socket) -> Watched:
         match work:
@@ -184,13 +164,6 @@ class GeventH11Server:
                     sock.shutdown(socket.SHUT_RD)  # wakes its recv with end-of-file
 
 
-def _monitor_lag(telemetry: Telemetry) -> None:
-    while True:
-        armed = time.perf_counter()
-        gevent.sleep(LAG_INTERVAL_S)
-        telemetry.observe_lag(lag_after(armed))
-
-
 def serve(options: ServeOptions) -> None:
     size_thread_pool()
     telemetry = make_telemetry(
@@ -201,7 +174,7 @@ def serve(options: ServeOptions) -> None:
     listener.start()
     background = [gevent.spawn(server.reap_slow_connections)]
     if telemetry.enabled:
-        background.append(gevent.spawn(_monitor_lag, telemetry))
+        background.append(gevent.spawn(monitor_lag, telemetry))
     stop = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)

@@ -21,15 +21,8 @@ import h11
 from servers.contract import Blocking, Fanout, Sleep, legacy_blocking_call
 from servers.lifecycle import ServeOptions, announce, bind, overloaded_response, set_nodelay
 from servers.protocol import policy
-from servers.protocol.h11_connection import (
-    NOT_GONE,
-    ConnectionCore,
-    Pause,
-    Receive,
-    Send,
-    Wait,
-    Watched,
-)
+from servers.protocol.drive import drive
+from servers.protocol.h11_connection import NOT_GONE, ConnectionCore, Pause, Watched
 from servers.telemetry import LAG_INTERVAL_S, ServerInfo, Telemetry, lag_after, make_telemetry
 
 IMPL = "threads-h11"
@@ -81,24 +74,13 @@ class ThreadsH11Server:
             sock.close()
 
     def _drive(self, core: ConnectionCore, sock: socket.socket) -> None:
-        steps = core.run()
-        result: object = None
-        try:
-            while True:
-                match steps.send(result):
-                    case Receive():
-                        result = sock.recv(RECEIVE_BYTES)
-                    case Send(data=data):
-                        sock.sendall(data)
-                        result = None
-                    case Wait(work=work):
-                        result = self._wait(work, sock)
-        except StopIteration:
-            return
-        except OSError:
-            pass
-        finally:
-            steps.close()  # a request cut short is recorded as the client's (499)
+        drive(
+            core,
+            receive=lambda: sock.recv(RECEIVE_BYTES),
+            send=sock.sendall,
+            wait=lambda work: self._wait(work, sock),
+            ends=(OSError,),
+        )
 
     def _wait(self, work: Sleep | Fanout | Blocking | Pause, sock: socket.socket) -> Watched:
         match work:

@@ -23,15 +23,8 @@ from servers import contract
 from servers.contract import Blocking, Fanout, Sleep, legacy_blocking_call
 from servers.lifecycle import ServeOptions, announce, bind, overloaded_response
 from servers.protocol import policy
-from servers.protocol.h11_connection import (
-    NOT_GONE,
-    ConnectionCore,
-    Pause,
-    Receive,
-    Send,
-    Wait,
-    Watched,
-)
+from servers.protocol.drive import drive_async
+from servers.protocol.h11_connection import NOT_GONE, ConnectionCore, Pause, Watched
 from servers.telemetry import LAG_INTERVAL_S, ServerInfo, Telemetry, lag_after, make_telemetry
 
 IMPL = "trio"
@@ -105,26 +98,15 @@ class _Connection:
         self.timed_out = trio.CancelScope()
 
     async def run(self) -> None:
-        steps = self.core.run()
-        result: object = None
         # A connection the reaper finds idle or slow past its timeout is cancelled, so closed.
         with self.timed_out:
-            try:
-                while True:
-                    match steps.send(result):
-                        case Receive():
-                            result = await self.stream.receive_some(RECEIVE_BYTES)
-                        case Send(data=data):
-                            await self.stream.send_all(data)
-                            result = None
-                        case Wait(work=work):
-                            result = await self._wait(work)
-            except StopIteration:
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            finally:
-                steps.close()  # a request cut short is recorded as the client's (499)
+            await drive_async(
+                self.core,
+                receive=lambda: self.stream.receive_some(RECEIVE_BYTES),
+                send=self.stream.send_all,
+                wait=self._wait,
+                ends=(trio.BrokenResourceError, trio.ClosedResourceError),
+            )
 
     async def _wait(self, work: Sleep | Fanout | Blocking | Pause) -> Watched:
         match work:

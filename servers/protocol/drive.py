@@ -1,0 +1,71 @@
+"""The loop that carries out a ConnectionCore's operations, once for runtimes that block
+(gevent, threads) and once for runtimes that await (trio, asyncio): an adapter passes in only
+how it receives, sends and waits."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from servers.protocol.h11_connection import ConnectionCore, Receive, Send, Wait, Watched
+
+__all__ = ["drive", "drive_async"]
+
+Work = object  # Sleep | Fanout | Blocking | Pause, as Wait carries it
+
+
+def drive(
+    core: ConnectionCore,
+    receive: Callable[[], bytes],
+    send: Callable[[bytes], object],
+    wait: Callable[[Work], Watched],
+    ends: tuple[type[BaseException], ...],
+) -> None:
+    """Serve the connection until it closes. An exception in `ends` (a broken socket, a
+    timeout thrown in) ends it quietly; a request cut short is recorded as the client's."""
+    steps = core.run()
+    result: object = None
+    try:
+        while True:
+            match steps.send(result):
+                case Receive():
+                    result = receive()
+                case Send(data=data):
+                    send(data)
+                    result = None
+                case Wait(work=work):
+                    result = wait(work)
+    except StopIteration:
+        return
+    except ends:
+        pass
+    finally:
+        steps.close()
+
+
+async def drive_async(
+    core: ConnectionCore,
+    receive: Callable[[], Awaitable[bytes]],
+    send: Callable[[bytes], Awaitable[object]],
+    wait: Callable[[Work], Awaitable[Watched]],
+    ends: tuple[type[BaseException], ...],
+) -> None:
+    """`drive` for runtimes that await (the same loop: a generator cannot be shared between a
+    function and a coroutine any other way)."""
+    steps = core.run()
+    result: object = None
+    try:
+        while True:
+            match steps.send(result):
+                case Receive():
+                    result = await receive()
+                case Send(data=data):
+                    await send(data)
+                    result = None
+                case Wait(work=work):
+                    result = await wait(work)
+    except StopIteration:
+        return
+    except ends:
+        pass
+    finally:
+        steps.close()

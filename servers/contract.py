@@ -241,9 +241,21 @@ def split_target(target: str) -> tuple[str, str]:
     return path, query
 
 
+# Routes that take no parameters answer the same every time: planned once (per request, the
+# query parsing and response building they skip cost ~2 µs, a visible share of `GET /`).
+_CONSTANT = {
+    "/": Reply(Response(200, b"Hello, World!", TEXT)),
+    "/json": Reply(json_response({"message": "Hello, World!"})),
+    "/healthz": Reply(Response(200, b"ok", TEXT)),
+}
+
+
 def plan(method: str, target: str) -> tuple[str, Plan]:
     """Route one request: returns its `route` label and its plan. Never raises."""
-    path, query = split_target(target)
+    path, _, query = target.partition("?")
+    constant = _CONSTANT.get(path)
+    if constant is not None and method in ("GET", "HEAD"):
+        return path, constant
     route = route_label(path)
     if route == OTHER_ROUTE:
         return route, Reply(error(404, f"no route {path[:200]}"))
@@ -260,12 +272,8 @@ def plan(method: str, target: str) -> tuple[str, Plan]:
 
 def _plan_route(route: str, params: _Params) -> Plan:
     match route:
-        case "/":
-            return Reply(Response(200, b"Hello, World!", TEXT))
-        case "/json":
-            return Reply(json_response({"message": "Hello, World!"}))
-        case "/healthz":
-            return Reply(Response(200, b"ok", TEXT))
+        case "/" | "/json" | "/healthz":
+            return _CONSTANT[route]
         case "/sleep":
             return Sleep(params.int("ms", 0, MAX_SLEEP_MS))
         case "/fanout":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import socket
 import time
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ def set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+@functools.cache
 def reason(status: int) -> str:
     try:
         return HTTPStatus(status).phrase

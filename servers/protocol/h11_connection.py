@@ -78,6 +78,7 @@ class Watched:
 
 
 NOT_GONE = Watched()
+RECEIVE = Receive()
 Operation = Receive | Send | Wait
 
 
@@ -123,7 +124,7 @@ class ConnectionCore:
     def _receive(self, waiting: Waiting) -> Generator[Operation, object, None]:
         if self.waiting_for != waiting:
             self.waiting_for, self.waiting_since = waiting, self.clock()
-        data = yield Receive()
+        data = yield RECEIVE
         assert isinstance(data, bytes)
         self.http.receive_data(data)
 
@@ -144,18 +145,31 @@ class ConnectionCore:
                 return event
             yield from self._receive(waiting)
 
+    def _discard_body(self) -> Generator[Operation, object, None]:
+        """Read past a body that a route does not use (none, almost always)."""
+        if self.http.they_are_waiting_for_100_continue:
+            return  # never asked for: the connection closes after the response
+        event = self.http.next_event()
+        if type(event) is h11.EndOfMessage:
+            return  # no body: the common case, without a generator
+        yield from self._read_body(contract.MAX_BODY_BYTES, keep=False, first=event)
+
     def _read_body(
-        self, limit: int, keep: bool = True
+        self, limit: int, keep: bool = True, first: h11.Event | type[h11.NEED_DATA] | None = None
     ) -> Generator[Operation, object, bytes | None]:
         """The request body, or None once it exceeds `limit` (the rest is left unread and the
-        connection closes after the response)."""
+        connection closes after the response). `first`: an event already taken from h11."""
         if self.http.they_are_waiting_for_100_continue:
             yield Send(self.http.send(h11.InformationalResponse(status_code=100, headers=[])))
         chunks: list[bytes] = []
         size = 0
         try:
             while True:
-                event = yield from self._next_event("body")
+                if first is None or first is h11.NEED_DATA:
+                    event = yield from self._next_event("body")
+                else:
+                    event = first
+                first = None
                 if isinstance(event, h11.Data):
                     size += len(event.data)
                     if size > limit:
@@ -181,7 +195,7 @@ class ConnectionCore:
             if isinstance(plan, Echo):
                 response = yield from self._echo(request)
             else:
-                yield from self._read_body(contract.MAX_BODY_BYTES, keep=False)
+                yield from self._discard_body()
                 response = yield from self._execute(plan, head)
             if response is None:
                 status = 200  # streamed

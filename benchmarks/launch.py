@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from loadtest.orchestrator.serverproc import wait_for_line
 from servers.contract import IMPLS, TIERS
 
 BARE_DIR = Path(__file__).resolve().parent / "bare"
@@ -115,20 +114,8 @@ class Launched:
         return self.process.pid
 
     def _wait_for_announce(self, timeout: float) -> tuple[str, int]:
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not selector.select(timeout=0.1):
-                    if self.process.poll() is not None:
-                        break
-                    continue
-                line = self.process.stdout.readline().decode(errors="replace")
-                if not line:
-                    break
-                if match := ANNOUNCE.search(line):
-                    return f"{match[2]}:{match[3]}", int(match[3])
+        if match := wait_for_line(self.process, ANNOUNCE, timeout):
+            return f"{match[2]}:{match[3]}", int(match[3])
         why = "exited" if self.process.poll() is not None else f"not up after {timeout:g} s"
         tail = self.stderr_tail()
         self.close()

@@ -21,6 +21,28 @@ ANNOUNCE = re.compile(r"stackbench ([\w-]+) listening on (http://\S+):(\d+)")
 START_TIMEOUT_S = 30.0
 
 
+def wait_for_line(
+    process: subprocess.Popen, pattern: re.Pattern[str], timeout: float
+) -> re.Match[str] | None:
+    """The first line the process prints to stdout that matches `pattern`; None if it exits
+    or stays silent for `timeout` seconds."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=0.1):
+                if process.poll() is not None:
+                    return None
+                continue
+            line = process.stdout.readline().decode(errors="replace")
+            if not line:
+                return None
+            if match := pattern.search(line):
+                return match
+    return None
+
+
 class ServerStartError(RuntimeError):
     pass
 
@@ -58,21 +80,9 @@ class ServerProcess:
         return self.process.pid
 
     def _wait_for_announce(self) -> tuple[str, int]:
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not selector.select(timeout=0.1):
-                    if self.process.poll() is not None:
-                        break
-                    continue
-                line = self.process.stdout.readline().decode(errors="replace")
-                if not line:
-                    break
-                match = ANNOUNCE.search(line)
-                if match:
-                    return f"{match[2]}:{match[3]}", int(match[3])
+        match = wait_for_line(self.process, ANNOUNCE, START_TIMEOUT_S)
+        if match:
+            return f"{match[2]}:{match[3]}", int(match[3])
         self.kill()
         raise ServerStartError(f"{self.impl} server did not start: {self.stderr_tail()}")
 

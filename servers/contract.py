@@ -236,11 +236,6 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "other"
 
 
-def split_target(target: str) -> tuple[str, str]:
-    path, _, query = target.partition("?")
-    return path, query
-
-
 # Routes that take no parameters answer the same every time: planned once (per request, the
 # query parsing and response building they skip cost ~2 µs, a visible share of `GET /`).
 _CONSTANT = {

@@ -113,6 +113,9 @@ def test_cpu_per_request_subtracts_idle_load() -> None:
     cpu_us, error = analysis.cpu_step(0.5, 1.0, 1000, idle_cpu=0.1, cpu_tick_s=0.01)
     assert cpu_us == pytest.approx(400)
     assert error == pytest.approx(20)  # two ticks over 1,000 requests
+    # ...and the idle rate's own error (0.01 cores here) over the step's second.
+    _, error = analysis.cpu_step(0.5, 1.0, 1000, 0.1, cpu_tick_s=0.01, idle_error=0.01)
+    assert error == pytest.approx(30)
 
 
 def test_a_scheduler_lag_percentile_is_a_bucket_bound() -> None:

@@ -63,7 +63,7 @@ PROFILES = {
                 "starvation": (4, 16),
                 "coloring": (4, 16),
                 "c_boundary": (4, 16),
-                "offload": (4, 16),
+                "offload": (4,),  # its figure is read at the lightest level
                 "echo": (4,),  # below what saturates one Locust core
                 "mixed": (8, 32),
             },

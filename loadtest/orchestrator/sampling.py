@@ -5,6 +5,7 @@ interruption."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
@@ -43,9 +44,10 @@ def scrape(url: str) -> list | None:
     try:
         with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
             text = response.read().decode()
-    except (OSError, ValueError):
+        families = list(text_string_to_metric_families(text))
+    except (OSError, ValueError, http.client.HTTPException):  # e.g. a server dying mid-answer
         return None
-    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+    return [sample for family in families for sample in family.samples]
 
 
 def _scrape_all(urls: Iterable[str]) -> list | None:
@@ -115,7 +117,7 @@ class LatencyReader:
                     f"{url}/latency?ack={acknowledged}", timeout=SCRAPE_TIMEOUT_S
                 ) as response:
                     fetched[url] = json.loads(response.read())["intervals"]
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, http.client.HTTPException):
                 return None
         per_route: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for url, intervals in fetched.items():

@@ -86,18 +86,29 @@ def _route_figures(histogram) -> RouteFigures:
 
 
 def cpu_step(
-    cpu_seconds: float, seconds: float, completed: float, idle_cpu: float, cpu_tick_s: float
+    cpu_seconds: float,
+    seconds: float,
+    completed: float,
+    idle_cpu: float,
+    cpu_tick_s: float,
+    idle_error: float = 0.0,
 ) -> tuple[float | None, float | None]:
     """Server CPU per completed request in µs, the idle load (timers, the run's own scrapes)
-    subtracted, and its error from /proc's tick resolution (two readings, a tick each)."""
+    subtracted, and its error: /proc's tick resolution (two readings, a tick each) and the
+    idle rate's own error (`idle_error`, cores) over the step."""
     if completed <= 0:
         return None, None
     busy = max(0.0, cpu_seconds - idle_cpu * seconds)
-    return busy / completed * 1e6, 2 * cpu_tick_s / completed * 1e6
+    error = 2 * cpu_tick_s + idle_error * seconds
+    return busy / completed * 1e6, error / completed * 1e6
 
 
 def step_figures(
-    window: list[Sample], driver_cores: int, idle_cpu: float = 0.0, cpu_tick_s: float = 0.01
+    window: list[Sample],
+    driver_cores: int,
+    idle_cpu: float = 0.0,
+    cpu_tick_s: float = 0.01,
+    idle_error: float = 0.0,
 ) -> Step | None:
     """Figures for one load level from its samples: the first and last usable ones bound the
     counters' deltas; the latency intervals between them hold every request that completed."""
@@ -130,7 +141,7 @@ def step_figures(
         cpu_used = last.server_cpu_seconds - first.server_cpu_seconds
     cpu_us, cpu_error = (None, None)
     if cpu_used is not None:
-        cpu_us, cpu_error = cpu_step(cpu_used, seconds, completed, idle_cpu, cpu_tick_s)
+        cpu_us, cpu_error = cpu_step(cpu_used, seconds, completed, idle_cpu, cpu_tick_s, idle_error)
     driver_cpu = None
     if first.driver_cpu_seconds is not None and last.driver_cpu_seconds is not None:
         driver_cpu = (last.driver_cpu_seconds - first.driver_cpu_seconds) / seconds
@@ -174,6 +185,7 @@ def steps(
     idle_cpu: float = 0.0,
     cpu_tick_s: float = 0.01,
     settle_seconds: float = 0.0,
+    idle_error: float = 0.0,
 ) -> list[Step]:
     """Split one scenario run's samples by load level (the users gauge), dropping the first
     sample of each level (the ramp), or all within `settle_seconds` of it, and any user count
@@ -187,7 +199,7 @@ def steps(
         if window and users > 0 and (levels is None or users in levels):
             # The latency intervals of samples whose client scrape failed still count.
             span = [s for s in samples if window[0].t <= s.t <= window[-1].t]
-            figures = step_figures(span, driver_cores, idle_cpu, cpu_tick_s)
+            figures = step_figures(span, driver_cores, idle_cpu, cpu_tick_s, idle_error)
             if figures:
                 result.append(figures)
     return result

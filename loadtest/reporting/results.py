@@ -51,6 +51,7 @@ def build(out: Path) -> Results:
     events: dict[RunKey, list[Event]] = defaultdict(list)
     held: dict[RunKey, HeldProbe] = {}
     idle: dict[tuple[str, int], list[float]] = defaultdict(list)
+    idle_seconds: dict[tuple[str, int], float] = {}
     run_events: list[Event] = []
     for record in records:
         if isinstance(record, Sample):
@@ -61,11 +62,16 @@ def build(out: Path) -> Results:
             held[record.key] = record
         elif isinstance(record, IdleProbe) and record.seconds > 0:
             idle[(record.server, record.repeat)].append(record.cpu_seconds / record.seconds)
-    driver_cores = len(header.pinning.driver_cpus)
+            idle_seconds[(record.server, record.repeat)] = record.seconds
+    # As many cores as the driver could use: one per Locust process, at most one per CPU.
+    driver_cores = min(len(header.pinning.driver_cpus), header.pinning.locust_processes)
     tick = header.environment.clock_tick_s
     runs = []
     for key in sorted(set(samples) | set(events) | set(held), key=_order):
         idle_cpu = statistics.fmean(idle.get((key.server, key.repeat), [0.0]))
+        # The idle rate is itself off by up to two ticks over its probe.
+        probe = idle_seconds.get((key.server, key.repeat))
+        idle_error = 2 * tick / probe if probe else 0.0
         started = [e for e in events[key] if e.event == "started"]
         finished = [e for e in events[key] if e.event == "finished"]
         failed = [e for e in events[key] if e.event == "failed"]
@@ -84,7 +90,9 @@ def build(out: Path) -> Results:
             key.scenario if key.model != "open" else f"{key.scenario} (open)"
         )
         settle = spec.settle_seconds if spec else 0.0
-        run_steps = analysis.steps(samples[key], driver_cores, levels, idle_cpu, tick, settle)
+        run_steps = analysis.steps(
+            samples[key], driver_cores, levels, idle_cpu, tick, settle, idle_error
+        )
         runs.append(
             ScenarioRun(
                 key=key,
@@ -155,6 +163,6 @@ def load(path: Path) -> Results:
     try:
         return Results.from_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ResultsError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except RecordError as exc:
         raise ResultsError(f"{path}: {exc}") from None

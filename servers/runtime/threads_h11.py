@@ -119,12 +119,14 @@ class ThreadsH11Server:
 def _watching(
     sock: socket.socket, seconds: float, cancel: threading.Event | None = None
 ) -> Watched:
-    """Wait `seconds` while watching the socket (a thread cannot be interrupted, so it waits in
-    select on its own socket): returns early if the client closes it."""
+    """Wait `seconds` while watching the socket (a thread cannot be interrupted, so it polls
+    its own socket; poll, not select, which refuses descriptors past 1023): returns early if
+    the client closes it."""
     deadline = time.monotonic() + seconds
+    watch = select.poll()
+    watch.register(sock, select.POLLIN)
     while (left := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([sock], [], [], left)
-        if readable:
+        if watch.poll(left * 1000):
             try:
                 data = sock.recv(RECEIVE_BYTES)
             except OSError:
@@ -188,7 +190,7 @@ def serve(options: ServeOptions) -> None:
             threading.Thread(target=_monitor_lag, args=(telemetry, stop), daemon=True)
         )
     for thread in background:
-        thread.daemon = True
+        thread.daemon = True  # the process ends when serving does
         thread.start()
     announce(IMPL, listener)
     while not stop.is_set():

@@ -8,18 +8,13 @@ rather than polling a port. Used by wrk_servers.py and instructions.py.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from loadtest.orchestrator.serverproc import wait_for_line
+from loadtest.orchestrator.serverproc import ServerProcess, ServerStartError
 from servers.contract import IMPLS, TIERS
 
 BARE_DIR = Path(__file__).resolve().parent / "bare"
@@ -34,7 +29,6 @@ BARE = {
 }
 assert set(BARE) == set(IMPLS), "every stackbench server needs a bare reference"
 
-ANNOUNCE = re.compile(r"(?:stackbench|bare) ([\w-]+) listening on (http://\S+):(\d+)")
 START_TIMEOUT_S = 30.0
 
 Kind = Literal["server", "no-metrics", "bare"]
@@ -78,12 +72,12 @@ def parse_servers(text: str) -> list[str]:
 SERVERS_HELP = f"comma-separated, of: {', '.join(IMPLS)}; or stack, runtime, all"
 
 
-class StartError(RuntimeError):
-    pass
+StartError = ServerStartError
 
 
-class Launched:
-    """One server process. Use as a context manager: it stops the server (SIGTERM) on exit."""
+class Launched(ServerProcess):
+    """One variant's server process (stackbench's own, or a bare reference), started and
+    stopped as the orchestrator starts its servers. Use as a context manager."""
 
     def __init__(
         self,
@@ -94,57 +88,10 @@ class Launched:
         env: dict[str, str] | None = None,
     ) -> None:
         self.variant = variant
-        fd, name = tempfile.mkstemp(prefix=f"stackbench-{variant.impl}-{variant.kind}-")
-        os.close(fd)
-        self.stderr_path = Path(name)
-        with self.stderr_path.open("wb") as stderr:
-            self.process = subprocess.Popen(
-                [*wrapper, *variant.command()],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                # pin before exec, so that not one instruction of the server runs elsewhere
-                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-            )
-        self.url, self.port = self._wait_for_announce(start_timeout)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def _wait_for_announce(self, timeout: float) -> tuple[str, int]:
-        if match := wait_for_line(self.process, ANNOUNCE, timeout):
-            return f"{match[2]}:{match[3]}", int(match[3])
-        why = "exited" if self.process.poll() is not None else f"not up after {timeout:g} s"
-        tail = self.stderr_tail()
-        self.close()
-        raise StartError(f"{self.variant.label} did not start ({why}): {tail}")
-
-    def stderr_tail(self, lines: int = 5) -> str:
-        if not self.stderr_path.exists():
-            return "(no output)"
-        text = self.stderr_path.read_text(errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:]) or "(no output)"
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM (every server exits 0 on it), SIGKILL if it has not exited by `timeout`."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait()
-
-    def close(self) -> None:
-        self.stop()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self.stderr_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> Launched:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        super().__init__(
+            variant.impl,
+            cpus=cpus,
+            command=[*wrapper, *variant.command()],
+            start_timeout=start_timeout,
+            env=env,
+        )

@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-ANNOUNCE = re.compile(r"stackbench ([\w-]+) listening on (http://\S+):(\d+)")
+ANNOUNCE = re.compile(r"(?:stackbench|bare) ([\w-]+) listening on (http://\S+):(\d+)")
 START_TIMEOUT_S = 30.0
 
 
@@ -48,7 +49,9 @@ class ServerStartError(RuntimeError):
 
 
 class ServerProcess:
-    """One `stackbench serve IMPL` child. Use as a context manager, or call stop()."""
+    """One `stackbench serve IMPL` child (or, given `command`, any server that prints the same
+    announce line, such as the benchmarks' bare references). Use as a context manager, or call
+    stop()."""
 
     def __init__(
         self,
@@ -57,36 +60,45 @@ class ServerProcess:
         port: int = 0,
         extra_args: tuple[str, ...] = (),
         cpus: set[int] | None = None,
+        command: Sequence[str] | None = None,
+        start_timeout: float = START_TIMEOUT_S,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.impl = impl
         self.stderr_path = Path(tempfile.mkstemp(prefix=f"stackbench-{impl}-", suffix=".log")[1])
-        command = [
-            sys.executable, "-m", "loadtest.cli", "serve", impl,
-            "--host", host, "--port", str(port), *extra_args,
-        ]  # fmt: skip
+        if command is None:
+            command = [
+                sys.executable, "-m", "loadtest.cli", "serve", impl,
+                "--host", host, "--port", str(port), *extra_args,
+            ]  # fmt: skip
         with self.stderr_path.open("wb") as stderr:
             self.process = subprocess.Popen(
                 command,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
+                env=env,
                 # pin before exec, so not one instruction of the server runs on the driver's CPU
                 preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             )
-        self.url, self.port = self._wait_for_announce()
+        self.url, self.port = self._wait_for_announce(start_timeout)
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
-    def _wait_for_announce(self) -> tuple[str, int]:
-        match = wait_for_line(self.process, ANNOUNCE, START_TIMEOUT_S)
+    def _wait_for_announce(self, timeout: float) -> tuple[str, int]:
+        match = wait_for_line(self.process, ANNOUNCE, timeout)
         if match:
             return f"{match[2]}:{match[3]}", int(match[3])
-        self.kill()
-        raise ServerStartError(f"{self.impl} server did not start: {self.stderr_tail()}")
+        why = "exited" if self.process.poll() is not None else f"not up after {timeout:g} s"
+        tail = self.stderr_tail()
+        self.__exit__(None, None, None)
+        raise ServerStartError(f"{self.impl} server did not start ({why}): {tail}")
 
     def stderr_tail(self, lines: int = 5) -> str:
+        if not self.stderr_path.exists():
+            return "(no output)"
         text = self.stderr_path.read_text(errors="replace").strip().splitlines()
         return " | ".join(text[-lines:]) or "(no output)"
 

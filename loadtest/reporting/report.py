@@ -440,10 +440,14 @@ Locust on CPU {pinning.driver_cpus}. {html.escape(env.cpu_model)}, kernel
 <h2>CPU per request</h2>
 {_cpu_table(results)}
 <p class="note">Server CPU time (utime + stime from /proc) per completed request, with the
-server's idle load (timers, the run's own scrapes) subtracted, at the busiest step where
-neither the server nor Locust was saturated: what a request costs, independent of how fast the
-load generator is. The last digit shown is the first that /proc's tick resolution touches.
-Capacity: 1,000,000 / µs, the requests per second one core would serve at that cost.</p>
+server's idle load (timers, the run's own scrapes) subtracted: what a request costs,
+independent of how fast the load generator is. It depends on the load (the busier a server, the
+more requests one wake-up serves), so every server is read at the same level, the highest where
+none was saturated nor driver-bound, at the rate shown; where no level suits all, each server's
+own quietest fit, flagged. The last digit shown is the first that /proc's tick resolution
+touches; &ndash;: no step had requests enough to measure it to 25 % (a short step of slow
+requests). Capacity: 1,000,000 / µs, the requests per second one core would serve at that
+cost.</p>
 <h2>Headline</h2>
 {_headline_table(results)}
 <p class="note">Percentiles are exact to 0.1 % (HdrHistogram of every request, 3 significant

@@ -15,12 +15,14 @@ import asyncio
 import platform
 import signal
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web, web_protocol
+from aiohttp import http_exceptions, web, web_protocol
+from aiohttp.http import HttpVersion11, RawRequestMessage
 
 from servers import contract
 from servers.contract import (
@@ -42,7 +44,8 @@ from servers.lifecycle import (
     response_headers,
     stream_headers,
 )
-from servers.protocol import policy
+from servers.protocol import framing, policy
+from servers.protocol.framing import Rejection
 from servers.telemetry import (
     CLIENT_CLOSED_STATUS,
     LAG_INTERVAL_S,
@@ -53,6 +56,9 @@ from servers.telemetry import (
 )
 
 IMPL = "aiohttp"
+# The framing policy's verdict on a request, kept in the request's mapping by the request
+# factory for the handler.
+REJECTION = "stackbench.rejection"
 
 
 def count_live_tasks() -> int:
@@ -73,6 +79,9 @@ class AiohttpApp:
         telemetry.count_tasks_with(count_live_tasks)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        rejection = request.get(REJECTION)
+        if rejection is not None:
+            return self.refuse(request, rejection)
         method = request.method
         route, plan = contract.plan(method, request.raw_path)
         started = self.telemetry.request_started()
@@ -87,6 +96,21 @@ class AiohttpApp:
             return answer
         finally:
             self.telemetry.request_finished(route, method, status, started)
+
+    def refuse(self, request: web.BaseRequest, rejection: Rejection) -> web.StreamResponse:
+        """Answer a request the framing policy refuses, count it, log it in one line; the
+        connection closes after the response."""
+        started = self.telemetry.request_started()
+        print(
+            f"stackbench {IMPL}: refused {rejection.status} from {request.remote}: "
+            f"{rejection.message}",
+            file=sys.stderr,
+            flush=True,
+        )
+        answer = _web_response(rejection.response())
+        answer.force_close()
+        self.telemetry.request_finished(contract.OTHER_ROUTE, "other", rejection.status, started)
+        return answer
 
     async def _execute(self, request: web.BaseRequest, plan: contract.Plan) -> Response:
         match plan:
@@ -119,6 +143,8 @@ class AiohttpApp:
         answer = web.StreamResponse(status=200, headers=dict(stream_headers(IMPL)))
         answer.enable_chunked_encoding()
         await answer.prepare(request)
+        if request.method == "HEAD":
+            return answer  # aiohttp would write the chunks: the head alone
         for index in range(plan.chunks):
             if index:
                 await asyncio.sleep(plan.ms / 1000)
@@ -131,6 +157,10 @@ async def _echo(request: web.BaseRequest, body_timeout: float) -> Response:
     declared = request.content_length
     if declared is not None and declared > contract.MAX_BODY_BYTES:
         return Echo.too_large()  # refuse before reading a byte of it
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        # aiohttp's router answers Expect; its low-level server, used here, does not.
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not begun
     chunks: list[bytes] = []
     size = 0
     try:
@@ -144,6 +174,8 @@ async def _echo(request: web.BaseRequest, body_timeout: float) -> Response:
                 chunks.append(chunk)
     except TimeoutError:
         return Echo.timed_out()
+    except http_exceptions.BadHttpMessage:  # broken chunked framing
+        return Echo.incomplete()
     return Echo.response(b"".join(chunks), request.headers.get("Content-Type"))
 
 
@@ -193,29 +225,117 @@ class _GuardedHandler(web_protocol.RequestHandler):
         self._cancel_head_timer()
         super().connection_lost(exc)
 
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's answer to what its parser refused (and to a handler's crash): the
+        contract's JSON error and one log line, instead of a text error and a traceback."""
+        if status != 400 or not isinstance(exc, http_exceptions.HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        return self._guard.app.refuse(request, _parser_verdict(exc))
+
+
+def _parser_verdict(exc: http_exceptions.HttpProcessingError) -> Rejection:
+    """What the framing policy says about a request llhttp refused, from llhttp's error (the
+    raw bytes are gone by then): a too-long request line is 414, too many or too long
+    headers 431, an unknown method 501, an unsupported version 505, the rest 400."""
+    text = str(exc.message)
+    match exc:
+        # The request line's limit differs from a header line's (see _GuardedServer).
+        case http_exceptions.LineTooLong() if exc.args[1:2] == (MAX_TARGET_BYTES,):
+            return Rejection(
+                414, f"request line longer than {framing.MAX_REQUEST_LINE_BYTES} bytes"
+            )
+        case http_exceptions.LineTooLong():
+            return Rejection(431, f"request head larger than {framing.MAX_HEAD_BYTES} bytes")
+        case http_exceptions.BadHttpMessage() if "Too many headers" in text:
+            return Rejection(431, f"more than {framing.MAX_HEADER_COUNT} header fields")
+        case http_exceptions.BadHttpMessage() if "Content-Length overflow" in text:
+            return Rejection(413, f"body larger than {contract.MAX_BODY_BYTES} bytes")
+        case http_exceptions.BadHttpMethod() if framing.is_token(_quoted_method(text)):
+            return Rejection(501, "method not implemented")
+        case http_exceptions.BadStatusLine(line=line) if framing.is_other_version(line + text):
+            return Rejection(505, "HTTP version not supported")
+    return Rejection(400, text.split("\n")[0][:200] or "malformed request")
+
+
+def _quoted_method(text: str) -> str:
+    # llhttp quotes the line it refused: "Invalid method encountered:\n\n  b'BREW / ..."
+    start = text.find("b'")
+    return text[start + 2 :].split(" ")[0] if start >= 0 else ""
+
+
+# llhttp limits the request target (not the whole line): the line's limit, less the method,
+# the version and the CRLF, rounded. Header lines are limited only by the whole head's size,
+# which the request factory checks.
+MAX_TARGET_BYTES = framing.MAX_REQUEST_LINE_BYTES - 2
+
 
 @dataclass
 class _Guard:
     server: web.Server
     telemetry: Telemetry
     options: ServeOptions
+    app: AiohttpApp
 
 
 class _GuardedServer(web.Server):
     """aiohttp's low-level server, making _GuardedHandler connections."""
 
-    def __init__(self, handler, *, telemetry: Telemetry, options: ServeOptions, **kwargs) -> None:
+    def __init__(
+        self, handler: AiohttpApp, *, telemetry: Telemetry, options: ServeOptions, **kwargs
+    ) -> None:
         # lingering_time: after refusing a body, aiohttp reads on for this long (10 s by
         # default, while a slow client trickles): read briefly, so the client sees the answer
         # rather than a reset, then close.
         super().__init__(
-            handler,
+            handler.handle,
+            request_factory=self._request_checked,
             keepalive_timeout=options.idle_timeout,
             lingering_time=policy.REFUSED_BODY_LINGER_S,
+            max_line_size=MAX_TARGET_BYTES,
+            max_field_size=framing.MAX_HEAD_BYTES,
+            max_headers=framing.MAX_HEADER_COUNT + 1,  # one more: check_request says 431
             **kwargs,
         )
-        self._guard = _Guard(self, telemetry, options)
+        self._guard = _Guard(self, telemetry, options, handler)
         telemetry.limit_connections(options.max_connections)
+
+    def _request_checked(
+        self,
+        message: RawRequestMessage,
+        payload: aiohttp.StreamReader,
+        protocol: web_protocol.RequestHandler,
+        writer: aiohttp.abc.AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        """aiohttp's request, checked against the framing policy (what llhttp lets through),
+        and answering as HTTP/1.1 whatever version the client claimed: aiohttp would answer
+        `HTTP/2.0 505` to an HTTP/2.0 request line, and its parser errors as HTTP/1.0."""
+        version = message.version
+        rejection = None
+        if message.method != "UNKNOWN":  # aiohttp's stand-in message for a parser error
+            rejection = framing.check_request(
+                message.method, f"{version.major}.{version.minor}", message.raw_headers
+            )
+            # llhttp limits each line, not the whole head.
+            if (
+                rejection is None
+                and framing.head_size(message.raw_headers) > framing.MAX_HEAD_BYTES
+            ):
+                rejection = Rejection(
+                    431, f"request head larger than {framing.MAX_HEAD_BYTES} bytes"
+                )
+        if rejection is not None or message.method == "UNKNOWN" or version > HttpVersion11:
+            message = message._replace(version=HttpVersion11)  # a namedtuple's public API
+        request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+        if rejection is not None:
+            request[REJECTION] = rejection
+        return request
 
     def __call__(self) -> _GuardedHandler:
         return _GuardedHandler(self, self._guard, loop=self._loop, **self._kwargs)
@@ -252,7 +372,7 @@ async def _serve(sock: socket.socket, options: ServeOptions) -> None:
     app = AiohttpApp(telemetry, options)
     # asyncio sets TCP_NODELAY on every TCP transport it creates, uvloop too.
     server = _GuardedServer(
-        app.handle,
+        app,
         telemetry=telemetry,
         options=options,
         handler_cancellation=options.cancel_on_disconnect,

@@ -247,6 +247,8 @@ _CONSTANT = {
 
 def plan(method: str, target: str) -> tuple[str, Plan]:
     """Route one request: returns its `route` label and its plan. Never raises."""
+    if target[:1] != "/":
+        target = origin_form(target)
     path, _, query = target.partition("?")
     constant = _CONSTANT.get(path)
     if constant is not None and method in ("GET", "HEAD"):
@@ -293,6 +295,19 @@ def _plan_route(route: str, params: _Params) -> Plan:
         case "/metrics":
             return Metrics()
     raise AssertionError(f"route {route} has no plan")  # pragma: no cover
+
+
+def origin_form(target: str) -> str:
+    """An absolute-form target (`http://host/json?x`, which RFC 9112 section 3.2.2 says a
+    server MUST accept) as the origin-form path and query it names; other forms unchanged."""
+    scheme, separator, rest = target.partition("://")
+    if not separator or scheme.lower() not in ("http", "https"):
+        return target
+    slash = rest.find("/")
+    query = rest.find("?")
+    if slash < 0 or 0 <= query < slash:
+        return "/" + rest[query:] if query >= 0 else "/"
+    return rest[slash:]
 
 
 class _Params:

@@ -14,6 +14,7 @@ monkey.patch_all()
 import contextlib
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 
@@ -42,8 +43,10 @@ from servers.lifecycle import (
     response_headers,
     set_nodelay,
     stream_headers,
+    wire_response,
 )
-from servers.protocol import policy
+from servers.protocol import framing, policy
+from servers.protocol.framing import Rejection
 from servers.runtime.gevent_calls import call_blocking, monitor_lag, size_thread_pool
 from servers.telemetry import (
     CLIENT_CLOSED_STATUS,
@@ -57,6 +60,10 @@ IMPL = "gevent"
 
 class ClientGone(Exception):
     """Thrown into a request's greenlet when its client closes the connection."""
+
+
+class _ClientLeft(Exception):
+    """End of file in the middle of a request head."""
 
 
 class HeadTimeout(OSError):
@@ -112,19 +119,105 @@ class Handler(pywsgi.WSGIHandler):
             return ""  # reset, or timed out by the reaper
         # The first byte is in: the whole head must follow within the header timeout.
         self.waiting_for, self.waiting_since = "head", time.monotonic()
-        return super().read_requestline()
+        line = self.rfile.readline(framing.MAX_REQUEST_LINE_BYTES + 1)
+        if len(line) > framing.MAX_REQUEST_LINE_BYTES:
+            raise framing.Rejection(414, "request line too long")  # (handle_one_request)
+        # Without its line ending: pywsgi's own (shorter) limit must not apply to the CRLF.
+        return line.rstrip(b"\r\n").decode("latin-1")
 
     def read_request(self, raw_requestline: str) -> bool:
+        """The head, read and parsed by the framing policy's strict parser instead of
+        pywsgi's (the email package's, which accepts ambiguous framing: see framing.py)."""
         try:
-            return super().read_request(raw_requestline)
+            head = framing.parse_head(self._read_raw_head(raw_requestline.encode("latin-1")))
         finally:
             self.waiting_for = None
+        self.requestline = raw_requestline.rstrip()
+        self.command, self.path = head.method, head.target
+        self.request_version = f"HTTP/{head.version}"
+        headers = pywsgi.OldMessage()
+        # Filled directly (email.message.Message keeps its fields in `_headers`, which pywsgi
+        # itself reads): parsing the validated lines a second time through the email package
+        # would cost more than the validation.
+        headers._headers = [
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers
+        ]
+        self.headers = headers
+        self.content_length = head.content_length
+        connection = (headers.get("connection") or "").lower()
+        if head.version == "1.1":
+            self.close_connection = connection == "close"
+        else:
+            self.close_connection = connection != "keep-alive"
+        return True
+
+    def _read_raw_head(self, request_line: bytes) -> bytes:
+        """The request line (given, without its CRLF) and the header lines up to the blank
+        line (consumed, not kept), joined by CRLF; a bare LF ends a line too (RFC 9112
+        section 2.2)."""
+        lines = [request_line]
+        size = len(request_line) + 2
+        while True:
+            line = self.rfile.readline(framing.MAX_HEAD_BYTES - size + 1)
+            size += len(line)
+            if size > framing.MAX_HEAD_BYTES:
+                raise framing.Rejection(
+                    431, f"request head larger than {framing.MAX_HEAD_BYTES} bytes"
+                )
+            if not line.endswith(b"\n"):
+                raise _ClientLeft  # end of file inside the head
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+            if not line:
+                return b"\r\n".join(lines)
+            lines.append(line)
+
+    def _handle_client_error(self, ex: Exception):
+        if isinstance(ex, Rejection | _ClientLeft):
+            raise ex  # out of handle_one_request, to be answered there
+        return super()._handle_client_error(ex)
 
     def handle_one_request(self):
         try:
             return super().handle_one_request()
+        except Rejection as rejection:
+            self._refuse(rejection)
+            return None  # the connection closes
+        except _ClientLeft:
+            return None
         finally:
-            self.waiting_for = None  # paths that never reach read_request (414, errors)
+            self.waiting_for = None  # paths that never reach read_request (errors)
+
+    def _refuse(self, rejection: Rejection) -> None:
+        """Answer a request the framing policy refuses, count it, log it in one line, and
+        close without a reset: half-close, then read what the client still sends (a refused
+        body) for a moment, so that the response reaches it."""
+        started = Handler.telemetry.request_started()
+        print(
+            f"stackbench {IMPL}: refused {rejection.status} from {self.client_address[0]}: "
+            f"{rejection.message}",
+            file=sys.stderr,
+            flush=True,
+        )
+        status = CLIENT_CLOSED_STATUS
+        with contextlib.suppress(OSError, gevent.Timeout):
+            self.socket.sendall(wire_response(IMPL, rejection.response()))
+            status = rejection.status
+            self.socket.shutdown(socket.SHUT_WR)
+            with gevent.Timeout(policy.REFUSED_BODY_LINGER_S):
+                while self.socket.recv(65536):
+                    pass
+        Handler.telemetry.request_finished(contract.OTHER_ROUTE, "other", status, started)
+
+    def process_result(self) -> None:
+        if self.command != "HEAD":
+            return super().process_result()
+        # pywsgi would end a HEAD response to a streamed route with the chunked terminator,
+        # a body the next response on the connection would be read from.
+        for _ in self.result:
+            pass
+        if self.status and not self.headers_sent:
+            self.write(b"")  # the head alone
+        return None
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
@@ -187,9 +280,10 @@ class App:
                 # long as the client trickles it: tell its input the stream is unusable, so the
                 # connection closes after the response instead.
                 environ["wsgi.input"]._chunked_input_error = True
-            start_response(
-                f"{response.status} {reason(response.status)}", response_headers(IMPL, response)
-            )
+            headers = response_headers(IMPL, response)
+            if environ["stackbench.handler"].close_connection and not response.close_connection:
+                headers.append(("Connection", "close"))  # the client's, echoed
+            start_response(f"{response.status} {reason(response.status)}", headers)
             status = response.status
             if not head:
                 yield response.body
@@ -226,6 +320,8 @@ class App:
         except HeadTimeout:
             return Echo.timed_out()
         except (OSError, ValueError):  # pywsgi: body ended early, or a chunk size is garbage
+            if _at_end_of_file(environ["stackbench.socket"]):
+                raise ClientGone from None  # it left mid-body: 499, as on every server
             return Echo.incomplete()
         finally:
             handler.waiting_for = None
@@ -235,6 +331,16 @@ class App:
 
     def _cancelled_if_client_leaves(self, environ: dict) -> "_DisconnectWatch":
         return _DisconnectWatch(self.spawned, environ["stackbench.socket"])
+
+
+def _at_end_of_file(sock: socket.socket) -> bool:
+    """Whether the client has closed its side. (A gevent socket waits for data whatever the
+    flags, so MSG_DONTWAIT is no use: wait a millisecond at most instead.)"""
+    try:
+        with gevent.Timeout(0.001):
+            return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, gevent.Timeout):  # nothing more yet, or a reset
+        return False
 
 
 class _DisconnectWatch:

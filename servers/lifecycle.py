@@ -128,6 +128,14 @@ def response_headers(impl: str, response: Response) -> list[tuple[str, str]]:
     return headers
 
 
+def wire_response(impl: str, response: Response) -> bytes:
+    """A whole response as bytes, for the paths that write to the socket themselves
+    (refusals that happen before, or instead of, a server's HTTP stack)."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in response_headers(impl, response))
+    status = f"HTTP/1.1 {response.status} {reason(response.status)}\r\n"
+    return (status + head + "\r\n").encode("latin-1") + response.body
+
+
 def overloaded_response(impl: str) -> bytes:
     """The whole HTTP response a connection over the cap gets before it is closed, written
     straight to the socket: no parsing, no task, as cheap as shedding can be."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from servers.protocol.h11_connection import ConnectionCore, Receive, Send, Wait, Watched
+from servers.protocol.h11_connection import ConnectionCore, Receive, Send, SendEOF, Wait, Watched
 
 __all__ = ["drive", "drive_async"]
 
@@ -18,6 +18,7 @@ def drive(
     receive: Callable[[], bytes],
     send: Callable[[bytes], object],
     wait: Callable[[Work], Watched],
+    send_eof: Callable[[], object],
     ends: tuple[type[BaseException], ...],
 ) -> None:
     """Serve the connection until it closes. An exception in `ends` (a broken socket, a
@@ -31,6 +32,9 @@ def drive(
                     result = receive()
                 case Send(data=data):
                     send(data)
+                    result = None
+                case SendEOF():
+                    send_eof()
                     result = None
                 case Wait(work=work):
                     result = wait(work)
@@ -47,6 +51,7 @@ async def drive_async(
     receive: Callable[[], Awaitable[bytes]],
     send: Callable[[bytes], Awaitable[object]],
     wait: Callable[[Work], Awaitable[Watched]],
+    send_eof: Callable[[], Awaitable[object]],
     ends: tuple[type[BaseException], ...],
 ) -> None:
     """`drive` for runtimes that await (the same loop: a generator cannot be shared between a
@@ -60,6 +65,9 @@ async def drive_async(
                     result = await receive()
                 case Send(data=data):
                     await send(data)
+                    result = None
+                case SendEOF():
+                    await send_eof()
                     result = None
                 case Wait(work=work):
                     result = await wait(work)

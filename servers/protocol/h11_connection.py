@@ -7,6 +7,7 @@ cancel. `ConnectionCore.run()` is a generator that yields what it needs done:
 
     Receive()   read some bytes (b"" at end of file); send back what was read
     Send(data)  write these bytes
+    SendEOF()   half-close: the server will write nothing more (reads go on)
     Wait(work)  carry out a plan's waiting (sleep, fan out, call a blocking library, pause a
                 stream) while watching the socket; send back a `Watched`
 
@@ -37,10 +38,12 @@ from servers.contract import (
     Stream,
 )
 from servers.lifecycle import reason, response_headers, stream_headers
+from servers.protocol import framing
+from servers.protocol.framing import Rejection
 from servers.protocol.policy import Waiting
 from servers.telemetry import CLIENT_CLOSED_STATUS, Telemetry
 
-__all__ = ["ConnectionCore", "Pause", "Receive", "Send", "Wait", "Watched"]
+__all__ = ["ConnectionCore", "Pause", "Receive", "Send", "SendEOF", "Wait", "Watched"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,11 @@ class Receive:
 @dataclass(frozen=True, slots=True)
 class Send:
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendEOF:
+    """Shut the connection's writing side: the client reads end-of-file after the response."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +87,8 @@ class Watched:
 
 NOT_GONE = Watched()
 RECEIVE = Receive()
-Operation = Receive | Send | Wait
+SEND_EOF = SendEOF()
+Operation = Receive | Send | SendEOF | Wait
 
 
 class ClientGone(Exception):
@@ -93,11 +102,12 @@ class ConnectionCore:
         self.impl = impl
         self.telemetry = telemetry
         self.clock = clock
-        self.http = h11.Connection(h11.SERVER)
+        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=framing.MAX_HEAD_BYTES)
         self.waiting_for: Waiting = None
         self.waiting_since = 0.0
         # Set by a draining server: finish the request in hand, then close.
         self.closing = False
+        self.peer_closed = False  # the client has closed its side
 
     def run(self) -> Generator[Operation, object, None]:
         try:
@@ -107,36 +117,64 @@ class ConnectionCore:
                     return
                 yield from self._handle(request)
                 if self.http.our_state is not h11.DONE or self.http.their_state is not h11.DONE:
-                    return  # Connection: close, an unread body, or a client that left
+                    # Connection: close, an unread body, or a client that left.
+                    yield from self._linger()
+                    return
                 self.http.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
-            yield from self._send_error(exc.error_status_hint, str(exc) or "malformed request")
+        except Rejection as rejection:
+            yield from self._refuse(rejection)
         except ClientGone:
             pass
         except Exception:
             traceback.print_exc(file=sys.stderr)
             yield from self._send_error(500, "internal error")
+            yield from self._linger()
         finally:
             self.waiting_for = None
 
     # -- reading -------------------------------------------------------------------------
 
-    def _receive(self, waiting: Waiting) -> Generator[Operation, object, None]:
+    def _receive(self, waiting: Waiting) -> Generator[Operation, object, bytes]:
         if self.waiting_for != waiting:
             self.waiting_for, self.waiting_since = waiting, self.clock()
         data = yield RECEIVE
         assert isinstance(data, bytes)
+        if not data:
+            self.peer_closed = True
         self.http.receive_data(data)
+        return data
 
     def _next_request(self) -> Generator[Operation, object, h11.Request | None]:
-        """The next request's head; None when the client or a drain ends the connection."""
-        event = self.http.next_event()  # a pipelined request may already be buffered
-        if event is h11.NEED_DATA:
-            yield from self._receive("idle")
-            # The head has begun: all of it must arrive within the header timeout.
-            event = yield from self._next_event("head")
+        """The next request's head, checked against the framing policy (raises Rejection);
+        None when the client or a drain ends the connection."""
+        # The head's raw bytes, for the byte-level checks h11 does not make: what h11 holds
+        # already (a pipelined request), then what arrives until h11 has a whole head.
+        received = [self.http.trailing_data[0]]
+        try:
+            event = self.http.next_event()
+            if event is h11.NEED_DATA:
+                received.append((yield from self._receive("idle")))
+                # The head has begun: all of it must arrive within the header timeout.
+                while (event := self.http.next_event()) is h11.NEED_DATA:
+                    received.append((yield from self._receive("head")))
+        except h11.RemoteProtocolError as exc:
+            # h11's verdict, unless the policy's own reading of the bytes says otherwise (so
+            # that every server answers a given request with the same status).
+            raw = b"".join(received)
+            raise framing.verdict_on_raw(raw) or Rejection(
+                exc.error_status_hint, str(exc) or "malformed request"
+            ) from None
         self.waiting_for = None  # handling the request has no such limit
-        return event if isinstance(event, h11.Request) else None
+        if not isinstance(event, h11.Request):
+            return None
+        raw = b"".join(received)
+        rest = self.http.trailing_data[0]
+        rejection = framing.check_raw_head(raw[: len(raw) - len(rest)]) or framing.check_request(
+            event.method.decode("ascii"), event.http_version.decode("ascii"), event.headers
+        )
+        if rejection is not None:
+            raise rejection
+        return event
 
     def _next_event(self, waiting: Waiting) -> Generator[Operation, object, h11.Event]:
         while True:
@@ -192,11 +230,16 @@ class ConnectionCore:
         started = self.telemetry.request_started()
         status = CLIENT_CLOSED_STATUS  # stays so if the client leaves first
         try:
-            if isinstance(plan, Echo):
-                response = yield from self._echo(request)
-            else:
-                yield from self._discard_body()
-                response = yield from self._execute(plan, head)
+            try:
+                if isinstance(plan, Echo):
+                    response = yield from self._echo(request)
+                else:
+                    yield from self._discard_body()
+                    response = yield from self._execute(plan, head)
+            except h11.RemoteProtocolError:
+                if self.peer_closed:
+                    raise ClientGone from None  # it left mid-body
+                response = Echo.incomplete()  # the body's chunked framing is broken
             if response is None:
                 status = 200  # streamed
             else:
@@ -268,13 +311,41 @@ class ConnectionCore:
             wire += self.http.send(h11.Data(data=response.body))
         return wire + self.http.send(h11.EndOfMessage())
 
+    def _refuse(self, rejection: Rejection) -> Generator[Operation, object, None]:
+        """Answer a request the framing policy refuses, count it, log it in one line, close."""
+        started = self.telemetry.request_started()
+        print(f"stackbench {self.impl}: refused {rejection.status}: {rejection.message}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        status = CLIENT_CLOSED_STATUS
+        try:
+            if (yield from self._send_response(rejection.response())):
+                status = rejection.status
+        finally:
+            self.telemetry.request_finished(contract.OTHER_ROUTE, "other", status, started)
+        yield from self._linger()
+
     def _send_error(self, status: int, message: str) -> Generator[Operation, object, None]:
+        response = contract.error(status, message[:200], (("Connection", "close"),))
+        yield from self._send_response(response)
+
+    def _send_response(self, response: Response) -> Generator[Operation, object, bool]:
+        """Send a response outside the request cycle; False if there is no way to."""
         # h11 lets a server answer from IDLE too: an error before a whole request arrived.
         if self.http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return  # part of a response already went out: all that is left is to close
-        response = contract.error(status, message[:200], (("Connection", "close"),))
+            return False  # part of a response already went out: all that is left is to close
         try:
             wire = self._wire(response, head=False)
         except h11.LocalProtocolError:
-            return
+            return False
         yield Send(wire)
+        return True
+
+    def _linger(self) -> Generator[Operation, object, None]:
+        """Close from our side without a reset: half-close, then read and drop what the client
+        still sends (an unread body) until it closes, for at most the linger time (the
+        server's sweep enforces it). Closing with unread input would send a reset that can
+        destroy the response before the client reads it."""
+        yield SEND_EOF
+        self.waiting_for, self.waiting_since = "linger", self.clock()
+        while (yield RECEIVE):
+            pass

@@ -24,8 +24,9 @@ __all__ = [
 ]
 
 # What a connection waits for: "idle" (a next request), "head" (the rest of a request line and
-# headers), "body" (the rest of a request body), or None (the server is handling a request).
-Waiting = Literal["idle", "head", "body"] | None
+# headers), "body" (the rest of a request body), "linger" (the client's last bytes after the
+# server's final response), or None (the server is handling a request).
+Waiting = Literal["idle", "head", "body", "linger"] | None
 
 REAP_INTERVAL_S = 0.25  # timeouts are enforced to within this
 SHED_LINGER_S = 0.5  # how long a shed connection may take to read its 503
@@ -47,6 +48,8 @@ def limit(waiting: Waiting, options: ServeOptions) -> float | None:
             return options.header_timeout
         case "body":
             return min(options.header_timeout, BODY_TIMEOUT_CAP_S)
+        case "linger":
+            return REFUSED_BODY_LINGER_S
     return None
 
 

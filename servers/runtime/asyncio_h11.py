@@ -112,10 +112,15 @@ class _Connection:
             receive=lambda: self.reader.read(RECEIVE_BYTES),
             send=self._send,
             wait=self._wait,
+            send_eof=self._send_eof,
             ends=(OSError, asyncio.CancelledError),  # cancelled: the reaper timed it out
         )
         with contextlib.suppress(OSError):
             await self.writer.drain()
+
+    async def _send_eof(self) -> None:
+        await self.writer.drain()
+        self.writer.write_eof()
 
     async def _send(self, data: bytes) -> None:
         self.writer.write(data)

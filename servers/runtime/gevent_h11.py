@@ -93,6 +93,7 @@ class GeventH11Server:
             receive=lambda: sock.recv(RECEIVE_BYTES),
             send=sock.sendall,
             wait=lambda work: self._wait(work, sock),
+            send_eof=lambda: sock.shutdown(socket.SHUT_WR),
             ends=(OSError, _TimedOut, _ClientLeft),  # _ClientLeft: a watcher's late throw
         )
 

@@ -79,6 +79,7 @@ class ThreadsH11Server:
             receive=lambda: sock.recv(RECEIVE_BYTES),
             send=sock.sendall,
             wait=lambda work: self._wait(work, sock),
+            send_eof=lambda: sock.shutdown(socket.SHUT_WR),
             ends=(OSError,),
         )
 

@@ -105,6 +105,7 @@ class _Connection:
                 receive=lambda: self.stream.receive_some(RECEIVE_BYTES),
                 send=self.stream.send_all,
                 wait=self._wait,
+                send_eof=self.stream.send_eof,
                 ends=(trio.BrokenResourceError, trio.ClosedResourceError),
             )
 

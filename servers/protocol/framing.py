@@ -1,0 +1,258 @@
+"""The framing policy: which request heads every server refuses, with what status, free of I/O.
+
+A request whose framing two parsers could read differently (Content-Length beside
+Transfer-Encoding, two lengths, a length like `+5`, a header folded or spaced before its colon)
+is how requests are smuggled past a proxy: the proxy sees one request, the server two. Every
+stackbench server refuses them the same way, decided here: the error status, a JSON body, then
+`Connection: close`, and nothing that follows on that connection is read as a request.
+
+Three layers enforce it, each where its stack needs it (the README's "HTTP framing" says which):
+
+- `check_request`: the decisions on a parsed head (method, version, Host, Content-Length,
+  Transfer-Encoding, header count), for every server: h11's and llhttp's parsers accept some of
+  these, pywsgi's most of them.
+- `check_raw_head`: what h11 accepts silently at the byte level (obsolete line folding, which it
+  unfolds into a space) and the request line's own limit.
+- `parse_head`: a strict parser of a whole raw head (RFC 9112 sections 2-5), for gevent.pywsgi,
+  whose own header parsing (the email package's) accepts almost anything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from servers import contract
+
+__all__ = [
+    "MAX_HEADER_COUNT",
+    "MAX_HEAD_BYTES",
+    "MAX_REQUEST_LINE_BYTES",
+    "Head",
+    "Rejection",
+    "check_raw_head",
+    "check_request",
+    "head_size",
+    "is_other_version",
+    "is_token",
+    "parse_head",
+    "verdict_on_raw",
+]
+
+MAX_REQUEST_LINE_BYTES = 8 * 1024  # its CRLF included; longer: 414
+MAX_HEAD_BYTES = 64 * 1024  # request line and all header lines; longer: 431
+MAX_HEADER_COUNT = 100  # more: 431
+SUPPORTED_VERSIONS = ("1.1", "1.0")  # others: 505
+# Fields that may appear once (RFC 9110 section 5.3 lets a recipient refuse repeats of a field
+# that is not a list): llhttp refuses these repeated, so every server does. Content-Length and
+# Transfer-Encoding repeated are the framing ambiguities themselves.
+SINGLETON_FIELDS = frozenset({
+    b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
+    b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent",
+})  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection(Exception):
+    """A request refused before any route sees it."""
+
+    status: int
+    message: str
+
+    def response(self) -> contract.Response:
+        """The contract's JSON error, telling the client the connection closes."""
+        return replace(
+            contract.error(self.status, self.message[:200], (("Connection", "close"),)),
+            close_connection=True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A request head that passed the policy (what `parse_head` returns)."""
+
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # names lower-cased
+    content_length: int | None = None
+    chunked: bool = False
+
+
+def check_request(
+    method: str, version: str, headers: Iterable[tuple[bytes, bytes]]
+) -> Rejection | None:
+    """The policy's decisions on a parsed head: None if the request may be served. `headers`
+    are (name, value) pairs as received, in any case, one per field line."""
+    if version not in SUPPORTED_VERSIONS:
+        return Rejection(505, f"HTTP/{version[:10]} not supported")
+    if method not in contract.KNOWN_METHODS:
+        return Rejection(501, f"method {method[:20]} not implemented")
+    count = 0
+    seen: set[bytes] = set()
+    repeated: bytes | None = None
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    for name, value in headers:
+        count += 1
+        lowered = name.lower()
+        if lowered in SINGLETON_FIELDS:
+            if lowered in seen:
+                repeated = lowered
+            seen.add(lowered)
+            if lowered == b"content-length":
+                lengths.append(value)
+            elif lowered == b"transfer-encoding":
+                codings.append(value)
+    if count > MAX_HEADER_COUNT:
+        return Rejection(431, f"more than {MAX_HEADER_COUNT} header fields")
+    if repeated is not None:
+        return Rejection(400, f"repeated {repeated.decode('latin-1')} header")
+    if b"host" not in seen and version == "1.1":
+        return Rejection(400, "HTTP/1.1 needs a Host header")
+    if codings:
+        return _check_transfer_coding(version, codings, lengths)
+    if lengths:
+        length = _content_length(lengths)
+        if isinstance(length, Rejection):
+            return length
+        if length > contract.MAX_BODY_BYTES:  # no route reads a body this large
+            return Rejection(413, f"body larger than {contract.MAX_BODY_BYTES} bytes")
+    return None
+
+
+def _check_transfer_coding(
+    version: str, codings: list[bytes], lengths: list[bytes]
+) -> Rejection | None:
+    # RFC 9112 section 6.3: with Content-Length too, the framing is ambiguous; in HTTP/1.0
+    # Transfer-Encoding is not defined; chunked must come last, and only once.
+    if lengths:
+        return Rejection(400, "Content-Length and Transfer-Encoding together")
+    if version != "1.1":
+        return Rejection(400, "Transfer-Encoding in an HTTP/1.0 request")
+    tokens = [
+        token.strip().lower() for value in codings for token in value.split(b",") if token.strip()
+    ]
+    if not tokens or tokens[-1] != b"chunked" or tokens.count(b"chunked") > 1:
+        return Rejection(400, "chunked must be the final transfer coding, once")
+    if len(tokens) > 1:
+        return Rejection(501, "only the chunked transfer coding is supported")
+    return None
+
+
+def _content_length(lengths: list[bytes]) -> int | Rejection:
+    # One field, one decimal number. RFC 9110 section 8.6 lets a recipient either refuse
+    # repeats (`5, 5`, two fields of 5) or read them as one; llhttp refuses them, so every
+    # server does. Anything but ASCII digits (`+5`, `0_5`, `0x5`, empty) is malformed.
+    if len(lengths) != 1:
+        return Rejection(400, "repeated Content-Length")
+    value = lengths[0].strip()
+    if not (value.isdigit() and value.isascii()):
+        return Rejection(400, "malformed Content-Length")
+    return int(value)
+
+
+def check_raw_head(head: bytes) -> Rejection | None:
+    """What a lenient parser lets through at the byte level of a complete head (request line
+    and header lines, CRLFs included): an over-long request line, obsolete line folding."""
+    line_end = head.find(b"\n")
+    if line_end < 0 or line_end + 1 > MAX_REQUEST_LINE_BYTES:
+        return Rejection(414, f"request line longer than {MAX_REQUEST_LINE_BYTES} bytes")
+    if len(head) > MAX_HEAD_BYTES:
+        return Rejection(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+    if b"\n " in head or b"\n\t" in head:
+        return Rejection(400, "obsolete line folding (a header line starting with whitespace)")
+    # h11 reads repeated lengths (`5, 5`, two fields of 5) as one, where the policy refuses.
+    lowered = head.lower()
+    at = lowered.find(b"\ncontent-length:")
+    if at >= 0 and (
+        lowered.find(b"\ncontent-length:", at + 1) >= 0
+        or b"," in lowered[at : lowered.find(b"\n", at + 1)]
+    ):
+        return Rejection(400, "repeated Content-Length")
+    return None
+
+
+def head_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The size of the header lines as received (name, colon, space, value, CRLF), for
+    parsers that limit each line but not the head."""
+    return sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+# RFC 9110 section 5.6.2 (token), 5.5 (field-value: visible characters, SP, HTAB, obs-text).
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)")
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+
+
+def parse_head(head: bytes) -> Head:
+    """A complete raw head (up to, not including, the blank line that ends it), parsed
+    strictly. Raises `Rejection` for anything the policy refuses."""
+    if len(head) > MAX_HEAD_BYTES:
+        raise Rejection(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+    lines = head.split(b"\r\n")
+    line = lines[0]
+    if len(line) + 2 > MAX_REQUEST_LINE_BYTES:
+        raise Rejection(414, f"request line longer than {MAX_REQUEST_LINE_BYTES} bytes")
+    request_line = _REQUEST_LINE.fullmatch(line)
+    if request_line is None:
+        raise Rejection(400, "malformed request line")
+    method, target, major, minor = request_line.groups()
+    headers: list[tuple[bytes, bytes]] = []
+    for field_line in lines[1:]:
+        parsed = _FIELD_LINE.fullmatch(field_line)
+        if parsed is None:
+            if field_line[:1] in (b" ", b"\t"):
+                raise Rejection(
+                    400, "obsolete line folding (a header line starting with whitespace)"
+                )
+            raise Rejection(400, "malformed header line")
+        headers.append((parsed[1].lower(), parsed[2]))
+    version = f"{major.decode()}.{minor.decode()}"
+    rejection = check_request(method.decode("ascii"), version, headers)
+    if rejection is not None:
+        raise rejection
+    lengths = [value for name, value in headers if name == b"content-length"]
+    chunked = any(name == b"transfer-encoding" for name, _ in headers)
+    length = _content_length(lengths) if lengths else None
+    assert not isinstance(length, Rejection)  # check_request refused those
+    return Head(method.decode("ascii"), target.decode("latin-1"), version, headers, length, chunked)
+
+
+def verdict_on_raw(received: bytes) -> Rejection | None:
+    """The policy's reading of the raw bytes of a head that another parser refused: the
+    same request gets the same status whichever stack's parser saw it first. None if the
+    policy has no objection (the caller then keeps the other parser's verdict)."""
+    line_end = received.find(b"\n")
+    if line_end + 1 > MAX_REQUEST_LINE_BYTES or (
+        line_end < 0 and len(received) > MAX_REQUEST_LINE_BYTES
+    ):
+        return Rejection(414, f"request line longer than {MAX_REQUEST_LINE_BYTES} bytes")
+    end = received.find(b"\r\n\r\n")
+    if end < 0:
+        if len(received) > MAX_HEAD_BYTES:
+            return Rejection(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+        return None
+    try:
+        parse_head(received[:end])
+    except Rejection as rejection:
+        return rejection
+    return None
+
+
+def is_token(text: str) -> bool:
+    """Whether `text` (a method, as another parser reports it) is an RFC 9110 token: an
+    unknown method is 501, a malformed one 400."""
+    return _TOKEN_ONLY.fullmatch(text.encode("latin-1", "replace")) is not None
+
+
+def is_other_version(text: str) -> bool:
+    """Whether `text` (another parser's error) names a well-formed HTTP version other than
+    1.0 and 1.1 (505, where a malformed version is 400)."""
+    found = _VERSION.search(text)
+    return found is not None and found[1] not in SUPPORTED_VERSIONS
+
+
+_TOKEN_ONLY = re.compile(_TOKEN)
+_VERSION = re.compile(r"HTTP/(\d\.\d)(?![\w.])")

@@ -1,0 +1,111 @@
+"""The framing policy (servers/protocol/framing.py), without I/O: every corpus case gets its
+status from the policy's own strict parser, and the decisions on parsed heads hold."""
+
+from __future__ import annotations
+
+import pytest
+from http_corpus import ACCEPTED, CORPUS, Case
+
+from servers.protocol import framing
+from servers.protocol.framing import Rejection, check_request, parse_head
+
+# Cases the head parser cannot decide: they are about the body, after the head.
+BODY_CASES = {"chunk-size-garbage", "chunk-size-overflow"}
+
+
+def verdict(case: Case) -> int:
+    head = case.data.partition(b"\r\n\r\n")[0]
+    try:
+        parse_head(head)
+    except Rejection as rejection:
+        return rejection.status
+    return 200
+
+
+@pytest.mark.parametrize("case", [c for c in CORPUS if c.name not in BODY_CASES], ids=str)
+def test_the_parser_refuses_each_corpus_case_with_its_status(case: Case) -> None:
+    assert verdict(case) == case.status
+
+
+@pytest.mark.parametrize("case", ACCEPTED, ids=str)
+def test_the_parser_accepts_what_every_server_serves(case: Case) -> None:
+    assert verdict(case) == 200
+
+
+@pytest.mark.parametrize("case", [c for c in CORPUS if c.name not in BODY_CASES], ids=str)
+def test_the_raw_verdict_agrees_with_the_parser(case: Case) -> None:
+    """What the h11 servers say when h11 refuses first: the policy's status, not h11's."""
+    rejection = framing.verdict_on_raw(case.data)
+    assert rejection is not None and rejection.status == case.status
+
+
+def test_parse_head_returns_the_framing() -> None:
+    head = parse_head(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nX-A:  b  ")
+    assert (head.method, head.target, head.version) == ("POST", "/echo", "1.1")
+    assert head.content_length == 12 and not head.chunked
+    assert (b"x-a", b"b") in head.headers  # names lower-cased, optional whitespace gone
+    chunked = parse_head(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked")
+    assert chunked.chunked and chunked.content_length is None
+
+
+H = [(b"Host", b"a")]
+
+
+@pytest.mark.parametrize(
+    ("method", "version", "headers", "status"),
+    [
+        ("GET", "1.1", H, None),
+        ("GET", "1.0", [], None),  # HTTP/1.0 needs no Host
+        ("GET", "1.1", [], 400),
+        ("GET", "2.0", H, 505),
+        ("BREW", "1.1", H, 501),
+        ("POST", "1.1", [*H, (b"Content-Length", b"5")], None),
+        ("POST", "1.1", [*H, (b"content-length", b"05")], None),
+        ("POST", "1.1", [*H, (b"Content-Length", b"5"), (b"Content-Length", b"5")], 400),
+        ("POST", "1.1", [*H, (b"Content-Length", b"%d" % (2**20 + 1))], 413),
+        ("POST", "1.1", [*H, (b"Transfer-Encoding", b"chunked")], None),
+        ("POST", "1.1", [*H, (b"TRANSFER-ENCODING", b"Chunked")], None),
+        ("POST", "1.1", [*H, (b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"5")], 400),
+        ("POST", "1.1", [*H, (b"Transfer-Encoding", b"gzip, chunked")], 501),
+        ("POST", "1.1", [*H, (b"Transfer-Encoding", b"chunked, gzip")], 400),
+        ("POST", "1.1", [*H, (b"Transfer-Encoding", b",,chunked,")], None),  # empty list members
+        ("GET", "1.1", H + [(b"X-%d" % i, b"v") for i in range(99)], None),
+        ("GET", "1.1", H + [(b"X-%d" % i, b"v") for i in range(100)], 431),
+    ],
+)
+def test_check_request_decides(
+    method: str, version: str, headers: list[tuple[bytes, bytes]], status: int | None
+) -> None:
+    rejection = check_request(method, version, headers)
+    assert (rejection.status if rejection else None) == status
+
+
+def test_refusals_are_the_contracts_json_and_close() -> None:
+    response = Rejection(400, "x" * 500).response()
+    assert response.status == 400 and response.close_connection
+    assert response.body.startswith(b'{"error":"xxx') and len(response.body) < 250
+    assert ("Connection", "close") in response.headers
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\n", None),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n", 400),  # obs-fold, which h11 unfolds
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 5\r\nCONTENT-LENGTH: 5\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-Content-Length: 5\r\n", None),
+        (b"GET /" + b"a" * 8185 + b" HTTP/1.1\r\n", 414),
+        (b"GET /" + b"a" * 8100 + b" HTTP/1.1\r\n", None),
+    ],
+)
+def test_check_raw_head_catches_what_h11_lets_through(head: bytes, status: int | None) -> None:
+    rejection = framing.check_raw_head(head)
+    assert (rejection.status if rejection else None) == status
+
+
+def test_other_parsers_errors_are_read_the_policys_way() -> None:
+    assert framing.is_token("BREW") and framing.is_token("get") and not framing.is_token("G(T")
+    assert framing.is_other_version("Bad status line: b'GET / HTTP/2.0'")
+    assert not framing.is_other_version("Invalid minor version: b'GET / HTTP/1.x'")
+    assert not framing.is_other_version("HTTP/1.1")

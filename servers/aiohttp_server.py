@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import http_exceptions, web, web_protocol
-from aiohttp.http import HttpVersion11, RawRequestMessage
+from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 
 from servers import contract
 from servers.contract import (
@@ -56,9 +56,6 @@ from servers.telemetry import (
 )
 
 IMPL = "aiohttp"
-# The framing policy's verdict on a request, kept in the request's mapping by the request
-# factory for the handler.
-REJECTION = "stackbench.rejection"
 
 
 def count_live_tasks() -> int:
@@ -78,10 +75,9 @@ class AiohttpApp:
         )
         telemetry.count_tasks_with(count_live_tasks)
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        rejection = request.get(REJECTION)
-        if rejection is not None:
-            return self.refuse(request, rejection)
+    async def handle(self, request: _Request) -> web.StreamResponse:
+        if request.rejection is not None:
+            return self.refuse(request, request.rejection)
         method = request.method
         route, plan = contract.plan(method, request.raw_path)
         started = self.telemetry.request_started()
@@ -269,10 +265,20 @@ def _quoted_method(text: str) -> str:
     return text[start + 2 :].split(" ")[0] if start >= 0 else ""
 
 
-# llhttp limits the request target (not the whole line): the line's limit, less the method,
-# the version and the CRLF, rounded. Header lines are limited only by the whole head's size,
-# which the request factory checks.
-MAX_TARGET_BYTES = framing.MAX_REQUEST_LINE_BYTES - 2
+# llhttp limits the request target, not the whole line: the longest target the line's limit
+# allows (with the shortest methods, GET and PUT); the request factory checks the line itself.
+# Its error tells the two limits apart by their values, which therefore must differ.
+MAX_TARGET_BYTES = framing.MAX_REQUEST_LINE_BYTES - len("GET  HTTP/1.1\r\n")
+assert MAX_TARGET_BYTES != framing.MAX_FIELD_BYTES
+_VERSION_TEXT = {HttpVersion11: "1.1", HttpVersion10: "1.0"}
+_ACCEPTED_HEADS = framing.AcceptedHeads()
+
+
+class _Request(web.BaseRequest):
+    """aiohttp's request, with the framing policy's verdict on it."""
+
+    ATTRS = web.BaseRequest.ATTRS | frozenset(["rejection"])
+    rejection: Rejection | None = None
 
 
 @dataclass
@@ -298,7 +304,7 @@ class _GuardedServer(web.Server):
             keepalive_timeout=options.idle_timeout,
             lingering_time=policy.REFUSED_BODY_LINGER_S,
             max_line_size=MAX_TARGET_BYTES,
-            max_field_size=framing.MAX_HEAD_BYTES,
+            max_field_size=framing.MAX_FIELD_BYTES,
             max_headers=framing.MAX_HEADER_COUNT + 1,  # one more: check_request says 431
             **kwargs,
         )
@@ -319,22 +325,36 @@ class _GuardedServer(web.Server):
         version = message.version
         rejection = None
         if message.method != "UNKNOWN":  # aiohttp's stand-in message for a parser error
-            rejection = framing.check_request(
-                message.method, f"{version.major}.{version.minor}", message.raw_headers
+            key = (message.method, message.path, version, message.raw_headers)
+            if key in _ACCEPTED_HEADS:  # the same head was accepted before
+                return _Request(message, payload, protocol, writer, task, self._loop)
+            fields = message.raw_headers
+            rejection = framing.check_line(
+                len(message.method), len(message.path)
+            ) or framing.check_request(
+                message.method,
+                _VERSION_TEXT.get(version) or f"{version.major}.{version.minor}",
+                fields,
+                field_sizes=False,  # llhttp's max_field_size
             )
-            # llhttp limits each line, not the whole head.
+            # llhttp limits each field, not the head: with few fields it cannot be too large.
             if (
                 rejection is None
-                and framing.head_size(message.raw_headers) > framing.MAX_HEAD_BYTES
+                and len(fields) > framing.MAX_HEAD_BYTES // (framing.MAX_FIELD_BYTES + 4)
+                and framing.head_size(fields) > framing.MAX_HEAD_BYTES
             ):
                 rejection = Rejection(
                     431, f"request head larger than {framing.MAX_HEAD_BYTES} bytes"
                 )
         if rejection is not None or message.method == "UNKNOWN" or version > HttpVersion11:
             message = message._replace(version=HttpVersion11)  # a namedtuple's public API
-        request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+        else:
+            _ACCEPTED_HEADS.remember(
+                key, len(message.path) + framing.head_size(message.raw_headers)
+            )
+        request = _Request(message, payload, protocol, writer, task, self._loop)
         if rejection is not None:
-            request[REJECTION] = rejection
+            request.rejection = rejection
         return request
 
     def __call__(self) -> _GuardedHandler:

@@ -109,3 +109,14 @@ def test_other_parsers_errors_are_read_the_policys_way() -> None:
     assert framing.is_other_version("Bad status line: b'GET / HTTP/2.0'")
     assert not framing.is_other_version("Invalid minor version: b'GET / HTTP/1.x'")
     assert not framing.is_other_version("HTTP/1.1")
+
+
+def test_accepted_heads_are_remembered_bounded() -> None:
+    heads = framing.AcceptedHeads()
+    heads.remember(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 27)
+    assert b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" in heads
+    heads.remember(b"x" * 5000, 5000)  # too large to keep
+    assert b"x" * 5000 not in heads
+    for index in range(heads.capacity + 10):
+        heads.remember(b"head %d" % index, 10)
+    assert len(heads) <= heads.capacity  # a client sending ever-new heads costs no memory

@@ -11,8 +11,9 @@ Three layers enforce it, each where its stack needs it (the README's "HTTP frami
 - `check_request`: the decisions on a parsed head (method, version, Host, Content-Length,
   Transfer-Encoding, header count), for every server: h11's and llhttp's parsers accept some of
   these, pywsgi's most of them.
-- `check_raw_head`: what h11 accepts silently at the byte level (obsolete line folding, which it
-  unfolds into a space) and the request line's own limit.
+- `check_unfolded_head`, `check_raw_head`: for h11, what it accepts silently at the byte level
+  (obsolete line folding, which it unfolds into a space; repeated lengths, which it merges) and
+  the limits it applies differently.
 - `parse_head`: a strict parser of a whole raw head (RFC 9112 sections 2-5), for gevent.pywsgi,
   whose own header parsing (the email package's) accepts almost anything.
 """
@@ -20,7 +21,7 @@ Three layers enforce it, each where its stack needs it (the README's "HTTP frami
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from servers import contract
@@ -28,11 +29,15 @@ from servers import contract
 __all__ = [
     "MAX_HEADER_COUNT",
     "MAX_HEAD_BYTES",
+    "MAX_REMEMBERED_HEAD_BYTES",
     "MAX_REQUEST_LINE_BYTES",
+    "AcceptedHeads",
     "Head",
     "Rejection",
+    "check_line",
     "check_raw_head",
     "check_request",
+    "check_unfolded_head",
     "head_size",
     "is_other_version",
     "is_token",
@@ -43,6 +48,7 @@ __all__ = [
 MAX_REQUEST_LINE_BYTES = 8 * 1024  # its CRLF included; longer: 414
 MAX_HEAD_BYTES = 64 * 1024  # request line and all header lines; longer: 431
 MAX_HEADER_COUNT = 100  # more: 431
+MAX_FIELD_BYTES = 8190  # a header field's name and value together (llhttp's rule); more: 431
 SUPPORTED_VERSIONS = ("1.1", "1.0")  # others: 505
 # Fields that may appear once (RFC 9110 section 5.3 lets a recipient refuse repeats of a field
 # that is not a list): llhttp refuses these repeated, so every server does. Content-Length and
@@ -68,6 +74,31 @@ class Rejection(Exception):
         )
 
 
+MAX_REMEMBERED_HEAD_BYTES = 2048  # larger heads are checked every time
+
+
+class AcceptedHeads(set):
+    """Heads the policy has accepted, remembered by a key that determines the verdict (the raw
+    bytes of a head, or a parser's own fields), so that a repeated head is not checked again:
+    `key in heads` (a set's own lookup: no Python call), then `heads.remember(key, size)`.
+
+    Load generators send the same head on every request, and the checks cost 4-5 % of a
+    request's instructions in the h11 and aiohttp servers (Python code on every request);
+    a lookup costs a hash of bytes already in memory. Bounded: past `capacity` heads the set
+    starts again, so a client sending ever-new heads costs time (its own checks), never memory.
+    Callers look up only keys of at most MAX_REMEMBERED_HEAD_BYTES (hashing is O(size))."""
+
+    capacity = 1024
+
+    def remember(self, key: object, size: int) -> None:
+        """Remember an accepted head of `size` bytes (a larger one is not kept)."""
+        if size > MAX_REMEMBERED_HEAD_BYTES:
+            return
+        if len(self) >= self.capacity:
+            self.clear()
+        self.add(key)
+
+
 @dataclass(frozen=True, slots=True)
 class Head:
     """A request head that passed the policy (what `parse_head` returns)."""
@@ -81,44 +112,93 @@ class Head:
 
 
 def check_request(
-    method: str, version: str, headers: Iterable[tuple[bytes, bytes]]
+    method: str, version: str, headers: Iterable[tuple[bytes, bytes]], field_sizes: bool = True
 ) -> Rejection | None:
     """The policy's decisions on a parsed head: None if the request may be served. `headers`
-    are (name, value) pairs as received, in any case, one per field line."""
+    are (name, value) pairs as received, in any case, one per field line. `field_sizes`:
+    whether to check each field's size too (not if the parser has, or the head is small)."""
+    return _check_fields(method, version, headers, field_sizes)[0]
+
+
+def _check_fields(
+    method: str, version: str, headers: Iterable[tuple[bytes, bytes]], field_sizes: bool
+) -> tuple[Rejection | None, bool]:
+    """check_request's verdict, and whether the head has a Content-Length. (Written for
+    few calls: it runs on every request, and a call costs more than the rest of a step.)"""
     if version not in SUPPORTED_VERSIONS:
-        return Rejection(505, f"HTTP/{version[:10]} not supported")
+        return Rejection(505, f"HTTP/{version[:10]} not supported"), False
     if method not in contract.KNOWN_METHODS:
-        return Rejection(501, f"method {method[:20]} not implemented")
+        return Rejection(501, f"method {method[:20]} not implemented"), False
     count = 0
-    seen: set[bytes] = set()
+    seen: dict[bytes, bytes] = {}
     repeated: bytes | None = None
     lengths: list[bytes] = []
     codings: list[bytes] = []
     for name, value in headers:
         count += 1
+        if field_sizes and len(name) + len(value) > MAX_FIELD_BYTES:
+            return Rejection(431, f"a header field longer than {MAX_FIELD_BYTES} bytes"), False
         lowered = name.lower()
         if lowered in SINGLETON_FIELDS:
             if lowered in seen:
                 repeated = lowered
-            seen.add(lowered)
+            seen[lowered] = value
             if lowered == b"content-length":
                 lengths.append(value)
             elif lowered == b"transfer-encoding":
                 codings.append(value)
+    has_length = lengths != []
     if count > MAX_HEADER_COUNT:
-        return Rejection(431, f"more than {MAX_HEADER_COUNT} header fields")
+        return Rejection(431, f"more than {MAX_HEADER_COUNT} header fields"), has_length
     if repeated is not None:
-        return Rejection(400, f"repeated {repeated.decode('latin-1')} header")
+        return Rejection(400, f"repeated {repeated.decode('latin-1')} header"), has_length
     if b"host" not in seen and version == "1.1":
-        return Rejection(400, "HTTP/1.1 needs a Host header")
+        return Rejection(400, "HTTP/1.1 needs a Host header"), has_length
     if codings:
-        return _check_transfer_coding(version, codings, lengths)
-    if lengths:
+        return _check_transfer_coding(version, codings, lengths), has_length
+    if has_length:
         length = _content_length(lengths)
         if isinstance(length, Rejection):
-            return length
+            return length, True
         if length > contract.MAX_BODY_BYTES:  # no route reads a body this large
-            return Rejection(413, f"body larger than {contract.MAX_BODY_BYTES} bytes")
+            return Rejection(413, f"body larger than {contract.MAX_BODY_BYTES} bytes"), True
+    return None, has_length
+
+
+_VERSION_TEXT = {b"1.1": "1.1", b"1.0": "1.0"}
+_LINE_OVERHEAD = len(b"  HTTP/1.1\r\n")  # two spaces, the version, CRLF
+
+
+def check_line(method_length: int, target_length: int) -> Rejection | None:
+    """The request line's limit, from its method and target (for parsers that limit only
+    the target, or a head still incomplete)."""
+    if method_length + target_length + _LINE_OVERHEAD > MAX_REQUEST_LINE_BYTES:
+        return Rejection(414, f"request line longer than {MAX_REQUEST_LINE_BYTES} bytes")
+    return None
+
+
+def check_unfolded_head(
+    method: bytes,
+    target: bytes,
+    version: bytes,
+    fields: list[tuple[bytes, bytes]],
+    received: bytes,
+    raw_head: Callable[[], bytes],
+) -> Rejection | None:
+    """The policy for a head parsed by h11, which unfolds obsolete line folding into a space
+    and merges repeated Content-Length values where the policy refuses both. `received`:
+    the bytes h11 parsed it from, from the head's first byte (more may follow: a body, the
+    next request); `raw_head()`: exactly the head, computed only when needed (a head with a
+    length, or a fold-like byte pair anywhere in `received`, or a large one)."""
+    if len(method) + len(target) + _LINE_OVERHEAD > MAX_REQUEST_LINE_BYTES:
+        return check_line(len(method), len(target))
+    text_version = _VERSION_TEXT.get(version) or version.decode("ascii")
+    big = len(received) > MAX_FIELD_BYTES  # else no field can be too long
+    rejection, has_length = _check_fields(method.decode("ascii"), text_version, fields, big)
+    if rejection is not None:
+        return rejection
+    if has_length or len(received) > MAX_HEAD_BYTES or b"\n " in received or b"\n\t" in received:
+        return check_raw_head(raw_head())
     return None
 
 

@@ -91,6 +91,10 @@ SEND_EOF = SendEOF()
 Operation = Receive | Send | SendEOF | Wait
 
 
+# Per process (every connection of a server sees the same load generator's heads).
+ACCEPTED_HEADS = framing.AcceptedHeads()
+
+
 class ClientGone(Exception):
     """The client closed its connection while its request was being handled."""
 
@@ -149,31 +153,39 @@ class ConnectionCore:
         None when the client or a drain ends the connection."""
         # The head's raw bytes, for the byte-level checks h11 does not make: what h11 holds
         # already (a pipelined request), then what arrives until h11 has a whole head.
-        received = [self.http.trailing_data[0]]
+        raw = self.http.trailing_data[0]
+        more: list[bytes] = []  # a head in several reads (rare: kept apart, joined once)
         try:
             event = self.http.next_event()
             if event is h11.NEED_DATA:
-                received.append((yield from self._receive("idle")))
+                raw += yield from self._receive("idle")
                 # The head has begun: all of it must arrive within the header timeout.
                 while (event := self.http.next_event()) is h11.NEED_DATA:
-                    received.append((yield from self._receive("head")))
+                    more.append((yield from self._receive("head")))
         except h11.RemoteProtocolError as exc:
             # h11's verdict, unless the policy's own reading of the bytes says otherwise (so
             # that every server answers a given request with the same status).
-            raw = b"".join(received)
-            raise framing.verdict_on_raw(raw) or Rejection(
+            raise framing.verdict_on_raw(raw + b"".join(more)) or Rejection(
                 exc.error_status_hint, str(exc) or "malformed request"
             ) from None
         self.waiting_for = None  # handling the request has no such limit
         if not isinstance(event, h11.Request):
             return None
-        raw = b"".join(received)
-        rest = self.http.trailing_data[0]
-        rejection = framing.check_raw_head(raw[: len(raw) - len(rest)]) or framing.check_request(
-            event.method.decode("ascii"), event.http_version.decode("ascii"), event.headers
+        if more:
+            raw += b"".join(more)
+        if len(raw) <= framing.MAX_REMEMBERED_HEAD_BYTES and raw in ACCEPTED_HEADS:
+            return event  # the same bytes, so the same head, were accepted before
+        rejection = framing.check_unfolded_head(
+            event.method,
+            event.target,
+            event.http_version,
+            event.headers.raw_items(),
+            raw,
+            lambda: raw[: len(raw) - len(self.http.trailing_data[0])],
         )
         if rejection is not None:
             raise rejection
+        ACCEPTED_HEADS.remember(raw, len(raw))  # the head and what came with it
         return event
 
     def _next_event(self, waiting: Waiting) -> Generator[Operation, object, h11.Event]:

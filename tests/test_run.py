@@ -5,6 +5,7 @@ the open model's correction for coordinated omission."""
 from __future__ import annotations
 
 import contextlib
+import html
 import itertools
 import json
 import os
@@ -25,6 +26,7 @@ import pytest
 from loadtest import histograms
 from loadtest.orchestrator.serverproc import ServerProcess
 from loadtest.records import SCHEMA_PATH
+from loadtest.reporting.verdict import C_BOUNDARY, CLAIMS
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = {"gevent", "trio", "aiohttp"}
@@ -148,6 +150,15 @@ def test_report_is_self_contained(smoke_run) -> None:
     assert page.count("<svg") >= 3
     assert "Single run: indicative" in page  # the smoke profile runs once
     assert "driver-bound" in page and "CPU per request" in page
+
+
+def test_report_opens_with_a_verdict_on_each_claim(smoke_run) -> None:
+    page = html.unescape((smoke_run[0] / "report.html").read_text())
+    verdict = page[page.index("<h2>Verdict</h2>") : page.index("<h2>CPU per request</h2>")]
+    for claim in (*CLAIMS, C_BOUNDARY):
+        assert claim.claim in verdict
+    # One repeat decides nothing, and the row says so instead of a verdict.
+    assert "Holds here" not in verdict and "Not decided" in verdict
 
 
 def test_report_renders_in_chromium(smoke_run) -> None:

@@ -12,6 +12,7 @@ from loadtest.histograms import RELATIVE_ERROR
 from loadtest.records import Figure, Results, ScenarioRun
 from loadtest.reporting.figures import MEMORY_DISAGREEMENT
 from loadtest.reporting.formatting import number
+from loadtest.reporting.verdict import verdict
 from servers.contract import IMPLS
 
 COLOURS = {
@@ -43,6 +44,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .warn { background: #fff4d6; border-left: 4px solid #e0a800; padding: 6px 10px; }
 .swatch { display: inline-block; width: 10px; height: 10px; margin-right: 4px; }
 svg text { font: 11px system-ui, sans-serif; fill: #333; }
+table.verdict td:last-child { max-width: 34em; }
+table.verdict td.num { white-space: nowrap; }
 """
 
 
@@ -249,6 +252,31 @@ def _servers(results: Results) -> list[str]:
     return sorted(results.headline, key=lambda s: (order.get(s, len(order)), s))
 
 
+NO_FIGURE = "\u2013"  # an en dash
+
+
+def _verdict_table(results: Results) -> str:
+    """The debate's claims, each with this run's figures and a sentence read off them."""
+    servers = _servers(results)
+    head = "".join(f"<th>{_swatch(server)}</th>" for server in servers)
+    rows = []
+    for row in verdict(results.headline):
+        cells = "".join(
+            f'<td class="num">{html.escape(row.figures.get(server, NO_FIGURE))}</td>'
+            for server in servers
+        )
+        mark = "" if row.decided else ' class="note"'
+        rows.append(
+            f"<tr><th>{html.escape(row.claim)}</th>{cells}"
+            f"<td{mark}>{html.escape(row.reading)}</td></tr>"
+        )
+    return (
+        f'<table class="verdict"><tr><th>claim</th>{head}<th>what this run says</th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def _cpu_table(results: Results) -> str:
     scenarios = sorted({s for h in results.headline.values() for s in h.cpu_us_per_request},
                        key=lambda s: list(results.scenarios).index(s)
@@ -437,6 +465,14 @@ Locust on CPU {pinning.driver_cpus}. {html.escape(env.cpu_model)}, kernel
 {html.escape(commit[:12] if commit else "")}. {html.escape(versions)}.</p>
 {_repeats_note(results)}
 {_tiers_note(results)}
+<h2>Verdict</h2>
+<p class="note">The claims of the stackful (Go's goroutines, gevent's greenlets) against
+stackless (Rust's futures, trio's and asyncio's coroutines) debate, each read off this run's
+figures below: memory per in-flight request with raw held connections, server CPU per
+plaintext request, <code>/json</code> p99 beside blocking calls (inline, in Python and in C)
+and beside CPU-bound requests. A claim is decided only where the repeats' ranges of the two
+kinds of server do not overlap; otherwise the row says what is missing.</p>
+{_verdict_table(results)}
 <h2>CPU per request</h2>
 {_cpu_table(results)}
 <p class="note">Server CPU time (utime + stime from /proc) per completed request, with the

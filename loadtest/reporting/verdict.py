@@ -1,0 +1,236 @@
+"""The verdict: the claims of the stackful-vs-stackless debate (Go's goroutines against Rust's
+futures), each read off this run's headline figures, free of I/O.
+
+Every sentence is written from the figures: which server measured what, in which order, by how
+much, and whether the spread of the repeats lets the run decide. The same code with two
+servers' figures swapped says the opposite (tests/test_verdict.py checks that). Where the run
+could not measure a claim (its scenario not run, the figure driver-bound, a single repeat), the
+row says so and what to run instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from loadtest.records import Figure, ServerHeadline
+from loadtest.reporting.formatting import number
+from servers.contract import IMPLS, RUNTIMES
+
+__all__ = ["CLAIMS", "C_BOUNDARY", "Claim", "Row", "verdict"]
+
+# Stackful: each task has its own stack (greenlets; OS threads). Stackless: a coroutine object
+# per task, resumed by an event loop (trio, asyncio).
+STACKFUL_RUNTIMES = frozenset({"gevent", "threads"})
+PREEMPTIVE_RUNTIMES = frozenset({"threads"})
+GO_MIN_STACK_KIB = 2  # Go's smallest goroutine stack: the debate's reference
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    claim: str
+    figure: str  # a headline figure's name, or "cpu:<scenario>"
+    unit: str
+    scale: float
+    scenario: str  # the scenario that measures it (what to run when it is missing)
+    # Who the claim says comes out higher, as a predicate on a server's name.
+    higher: Callable[[str], bool]
+    higher_name: str
+    lower_name: str
+
+
+def _stackful(server: str) -> bool:
+    return RUNTIMES.get(server) in STACKFUL_RUNTIMES
+
+
+def _stackless(server: str) -> bool:
+    return not _stackful(server)
+
+
+def _cooperative(server: str) -> bool:
+    return RUNTIMES.get(server) not in PREEMPTIVE_RUNTIMES
+
+
+def _explicit_await(server: str) -> bool:
+    return RUNTIMES.get(server) in ("trio", "asyncio")
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "memory", "A stackful task costs more memory (a goroutine: at least 2 KiB of stack)",
+        "held_bytes_per_request", "KiB", 1 / 1024, "io_hold", _stackful, "stackful", "stackless",
+    ),
+    Claim(
+        "cpu", "Stackless extracts more performance from the machine",
+        "cpu:plaintext", "µs", 1, "plaintext", _stackful, "stackful", "stackless",
+    ),
+    Claim(
+        "colouring", "Synchronous libraries do not mix with async code (coloured functions)",
+        "coloring_probe_p99_ms", "ms", 1, "coloring", _explicit_await, "explicit-await",
+        "implicit-yield",
+    ),
+    Claim(
+        "starvation", "One busy task starves the others (cooperative scheduling)",
+        "starvation_probe_p99_ms", "ms", 1, "starvation", _cooperative, "cooperative",
+        "preemptive",
+    ),
+)  # fmt: skip
+C_BOUNDARY = Claim(
+    "c_boundary", "Calling into C is where the stackful model pays (Go's cgo)",
+    "c_boundary_probe_p99_ms", "ms", 1, "c_boundary", _stackful, "stackful", "stackless",
+)  # fmt: skip
+COLOURING = CLAIMS[2]
+# Measured nowhere yet: shown so that the verdict says what it leaves open.
+UNMEASURED = (
+    ("fan-out", "Structured concurrency costs little per child task",
+     "no per-child figure yet: /fanout's cost per child is not among the run's figures"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Row:
+    claim: str
+    figures: dict[str, str]  # server -> the figure as printed (median, spread)
+    reading: str  # one sentence from the figures
+    decided: bool  # whether the run's spread decides the claim
+
+
+def _figure(headline: ServerHeadline, name: str) -> Figure | None:
+    if name.startswith("cpu:"):
+        return headline.cpu_us_per_request.get(name.removeprefix("cpu:"))
+    return headline.figures.get(name)
+
+
+def _shown(figure: Figure, claim: Claim) -> str:
+    error = figure.error * claim.scale if figure.error else None
+    text = f"{number(figure.median * claim.scale, error)} {claim.unit}"
+    if figure.n > 1:
+        low, high = (number(v * claim.scale, error) for v in (figure.min, figure.max))
+        text += f" ({low}-{high}, n={figure.n})"
+    return text
+
+
+def _value(figure: Figure, claim: Claim) -> str:
+    error = figure.error * claim.scale if figure.error else None
+    return f"{number(figure.median * claim.scale, error)} {claim.unit}"
+
+
+def _row(claim: Claim, headline: dict[str, ServerHeadline]) -> Row:
+    measured = {
+        server: figure
+        for server, figures in headline.items()
+        if (figure := _figure(figures, claim.figure)) is not None
+    }
+    shown = {server: _shown(figure, claim) for server, figure in measured.items()}
+    if len(measured) < 2:
+        return Row(
+            claim.claim, shown,
+            f"Not measured by this run: add the {claim.scenario} scenario "
+            f"(stackbench run --scenarios {claim.scenario}) with at least two servers.",
+            False,
+        )  # fmt: skip
+    higher = {s: f for s, f in measured.items() if claim.higher(s)}
+    lower = {s: f for s, f in measured.items() if not claim.higher(s)}
+    ranked = sorted(measured, key=lambda s: measured[s].median)
+    least, most = ranked[0], ranked[-1]
+    ratio = measured[most].median / measured[least].median if measured[least].median else None
+    order = (
+        f"{most} measured the most, {_value(measured[most], claim)}"
+        + (
+            f", {number(ratio, significant=2)}x {least}'s {_value(measured[least], claim)}"
+            if ratio
+            else ""
+        )
+        + "."
+    )
+    if claim.key == "memory":
+        order += f" A goroutine's stack starts at {GO_MIN_STACK_KIB} KiB."
+    if not higher or not lower:
+        missing = claim.lower_name if higher else claim.higher_name
+        return Row(
+            claim.claim, shown,
+            f"{order} Not decided: this run has no {missing} server to compare with (add "
+            f"one of {', '.join(s for s in IMPLS if claim.higher(s) != bool(higher))}).",
+            False,
+        )  # fmt: skip
+    if any(f.driver_bound for f in measured.values()):
+        return Row(claim.claim, shown, f"{order} Not decided: a figure is driver-bound.", False)
+    if min(f.n for f in measured.values()) < 2:
+        return Row(
+            claim.claim, shown,
+            f"{order} Not decided: one repeat has no spread (run with --repeat 3).", False,
+        )  # fmt: skip
+    # Decided only where the ranges of the repeats do not overlap.
+    high_low = min(f.min for f in higher.values())
+    high_high = max(f.max for f in higher.values())
+    low_low = min(f.min for f in lower.values())
+    low_high = max(f.max for f in lower.values())
+    groups = f"{claim.higher_name} ({', '.join(sorted(higher))})"
+    others = f"{claim.lower_name} ({', '.join(sorted(lower))})"
+    if high_low > low_high:
+        verdict = f"Holds here: every {groups} server measured more than every {others} one."
+    elif high_high < low_low:
+        verdict = (
+            f"Does not hold here: every {groups} server measured less than every {others} one."
+        )
+    else:
+        return Row(
+            claim.claim, shown,
+            f"{order} Not decided: the {groups} and {others} ranges overlap.", False,
+        )  # fmt: skip
+    return Row(claim.claim, shown, f"{order} {verdict}", True)
+
+
+def _c_boundary_row(headline: dict[str, ServerHeadline]) -> Row:
+    """gevent's colouring advantage stops at C: beside blocking calls made in C, where monkey
+    patching cannot reach, its light requests wait as an event loop's do. Read per gevent
+    server, as its /json p99 beside C calls against beside Python calls."""
+    claim = C_BOUNDARY
+    shown = {
+        server: _shown(figure, claim)
+        for server, figures in headline.items()
+        if (figure := _figure(figures, claim.figure)) is not None
+    }
+    pairs = {
+        server: (python, c)
+        for server, figures in headline.items()
+        if RUNTIMES.get(server) == "gevent"
+        and (python := _figure(figures, COLOURING.figure)) is not None
+        and (c := _figure(figures, claim.figure)) is not None
+    }
+    if not pairs:
+        return Row(
+            claim.claim, shown,
+            "Not measured by this run: add the coloring and c_boundary scenarios with a gevent "
+            "server (stackbench run --scenarios coloring,c_boundary).",
+            False,
+        )  # fmt: skip
+    parts, holds, fails = [], [], []
+    for server, (python, c) in sorted(pairs.items()):
+        ratio = c.median / python.median if python.median else float("inf")
+        times = number(ratio, significant=2)
+        parts.append(
+            f"{server}'s /json p99 is {_value(c, claim)} beside blocking calls in C against "
+            f"{_value(python, claim)} beside the same calls in Python ({times}x)"
+        )
+        if min(python.n, c.n) >= 2 and not (python.driver_bound or c.driver_bound):
+            (holds if c.min > python.max else fails if c.max < python.min else []).append(server)
+    text = "; ".join(parts) + "."
+    if holds and len(holds) == len(pairs):
+        return Row(claim.claim, shown, f"{text} Holds here: C stalls the hub.", True)
+    if fails and len(fails) == len(pairs):
+        return Row(claim.claim, shown, f"{text} Does not hold here.", True)
+    why = (
+        "one repeat has no spread (run with --repeat 3)"
+        if not (holds or fails)
+        else ("the ranges overlap")
+    )
+    return Row(claim.claim, shown, f"{text} Not decided: {why}.", False)
+
+
+def verdict(headline: dict[str, ServerHeadline]) -> list[Row]:
+    """One row per claim, in the order of CLAIMS, then the claims the run cannot measure."""
+    rows = [_row(claim, headline) for claim in CLAIMS] + [_c_boundary_row(headline)]
+    rows += [Row(claim, {}, f"Not measured: {why}.", False) for _, claim, why in UNMEASURED]
+    return rows

@@ -1,0 +1,69 @@
+"""The verdict is written from the figures: I/O-free, on headlines built by hand."""
+
+from __future__ import annotations
+
+from loadtest.records import Figure, ServerHeadline
+from loadtest.reporting.verdict import verdict
+
+
+def figure(*values: float, driver_bound: bool = False) -> Figure:
+    ordered = sorted(values)
+    return Figure(
+        median=ordered[len(ordered) // 2], min=ordered[0], max=ordered[-1], n=len(values),
+        values=list(values), driver_bound=driver_bound,
+    )  # fmt: skip
+
+
+def headline(memory: tuple[float, ...], colouring: tuple[float, ...]) -> ServerHeadline:
+    return ServerHeadline(
+        cpu_us_per_request={},
+        capacity_rps_per_core={},
+        figures={
+            "held_bytes_per_request": figure(*memory),
+            "coloring_probe_p99_ms": figure(*colouring),
+        },
+    )
+
+
+GEVENT = ((30_000, 31_000, 32_000), (4.0, 4.5, 5.0))
+TRIO = ((9_000, 9_500, 10_000), (95.0, 99.0, 101.0))
+
+
+def readings(run: dict[str, ServerHeadline]) -> dict[str, str]:
+    return {row.claim.split(" (")[0]: row.reading for row in verdict(run)}
+
+
+def test_the_sentences_follow_the_figures_when_two_servers_swap() -> None:
+    as_measured = readings({"gevent": headline(*GEVENT), "trio": headline(*TRIO)})
+    swapped = readings({"gevent": headline(*TRIO), "trio": headline(*GEVENT)})
+    memory = "A stackful task costs more memory"
+    assert as_measured[memory].startswith("gevent measured the most, 30.3 KiB, 3.3x trio's 9.28")
+    assert "Holds here" in as_measured[memory]
+    assert swapped[memory].startswith("trio measured the most, 30.3 KiB, 3.3x gevent's 9.28")
+    assert "Does not hold here" in swapped[memory]
+    colouring = "Synchronous libraries do not mix with async code"
+    assert as_measured[colouring].startswith("trio measured the most, 99.0 ms, 22x gevent's 4.5")
+    assert "Holds here" in as_measured[colouring]
+    assert "Does not hold here" in swapped[colouring]
+
+
+def test_a_claim_the_run_cannot_decide_says_why_instead_of_a_verdict() -> None:
+    single = readings({"gevent": headline((31_000,), (4.5,)), "trio": headline((9_500,), (99,))})
+    assert "Not decided: one repeat has no spread" in single["A stackful task costs more memory"]
+    overlapping = readings({
+        "gevent": headline((9_000, 20_000, 31_000), (4.5, 5, 6)),
+        "trio": headline((8_000, 10_000, 12_000), (99, 100, 101)),
+    })  # fmt: skip
+    assert "ranges overlap" in overlapping["A stackful task costs more memory"]
+    bound = {"gevent": headline(*GEVENT), "trio": headline(*TRIO)}
+    bound["trio"].figures["coloring_probe_p99_ms"] = figure(95.0, 99.0, driver_bound=True)
+    assert "driver-bound" in readings(bound)["Synchronous libraries do not mix with async code"]
+    one_kind = readings({"trio": headline(*TRIO), "aiohttp": headline(*TRIO)})
+    assert (
+        "no stackful server to compare with (add one of gevent, gevent-h11, threads-h11)"
+        in (one_kind["A stackful task costs more memory"])
+    )
+    missing = readings({"gevent": headline(*GEVENT), "trio": headline(*TRIO)})
+    assert missing["Stackless extracts more performance from the machine"].startswith(
+        "Not measured by this run: add the plaintext scenario"
+    )

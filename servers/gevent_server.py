@@ -174,6 +174,8 @@ class Handler(pywsgi.WSGIHandler):
     def _handle_client_error(self, ex: Exception):
         if isinstance(ex, Rejection | _ClientLeft):
             raise ex  # out of handle_one_request, to be answered there
+        if isinstance(ex, OSError):  # the header timeout (HeadTimeout), a reset: just close
+            raise _ClientLeft from ex
         return super()._handle_client_error(ex)
 
     def handle_one_request(self):

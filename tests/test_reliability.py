@@ -65,6 +65,8 @@ def test_slow_clients_neither_block_others_nor_stay(impl: str) -> None:
         # ...and the server cut every trickling client off at its header timeout.
         assert endings.count("closed") == SLOW_CLIENTS, endings
         assert get(server.port, "/healthz").status == 200
+        # A timeout is the server's routine, not an error: no traceback.
+        assert "Traceback" not in server.stderr_path.read_text(), server.stderr_tail(20)
 
 
 def test_a_trickled_body_is_cut_off_at_the_header_timeout(impl: str) -> None:
@@ -243,6 +245,10 @@ def test_fuzzed_requests_never_get_500_nor_hurt_the_server(impl_name: str) -> No
                 if status_line.startswith(b"HTTP/1."):
                     statuses.append(status_line[9:12])
             assert b"HTTP/1.1 500" not in answer and b"HTTP/1.0 500" not in answer, wire
+            # Every answer, whichever layer wrote it, is the contract's: it says who answered.
+            for response in answer.split(b"HTTP/1.")[1:]:
+                head = response.partition(b"\r\n\r\n")[0]
+                assert b"\r\nX-Stackbench-Impl: " in head, (wire, answer[:300])
 
         throw()
         assert server.process.poll() is None, server.stderr_tail()

@@ -212,7 +212,8 @@ def table(rows: list[dict]) -> str:
 
 def page(rows: list[dict]) -> str:
     """A self-contained HTML page: the table and a bar chart of bytes per task."""
-    from loadtest.reporting.report import CSS, bar_chart
+    from loadtest.reporting.charts import horizontal_bars
+    from loadtest.reporting.report import CSS
 
     largest = {}
     for row in rows:
@@ -220,11 +221,15 @@ def page(rows: list[dict]) -> str:
         if key not in largest or row["tasks"] > largest[key]["tasks"]:
             largest[key] = row
     bars = [(f"{r['runtime']} (depth {r['depth']})", r["bytes_per_task"])
-            for r in largest.values()] + [("go (minimum stack)", GO_MIN_STACK_BYTES)]  # fmt: skip
+            for r in largest.values()]  # fmt: skip
+    chart = horizontal_bars(
+        "Bytes per idle task (largest N measured)", "bytes per task", bars,
+        reference=GO_MIN_STACK_BYTES, reference_label="Go's minimum goroutine stack",
+    )  # fmt: skip
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>stackbench tasks</title>"
         f"<style>{CSS}</style></head><body><h1>Memory per idle task</h1>"
-        f"{bar_chart('Bytes per idle task (largest N measured)', bars)}"
+        f"{chart}"
         f"<pre>{table(rows)}</pre></body></html>"
     )
 

@@ -4,30 +4,17 @@ answers "which server costs how much memory per concurrent request, and what lat
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 
 from loadtest.driver.scenarios import BLOCKING_MS
 from loadtest.histograms import RELATIVE_ERROR
 from loadtest.records import Figure, Results, ScenarioRun
+from loadtest.reporting import charts
+from loadtest.reporting.charts import COLOURS, OTHER_COLOUR
 from loadtest.reporting.figures import MEMORY_DISAGREEMENT
 from loadtest.reporting.formatting import number
 from loadtest.reporting.verdict import verdict
 from servers.contract import IMPLS
-
-COLOURS = {
-    "gevent": "#2ca02c",
-    "trio": "#9467bd",
-    "aiohttp": "#1f77b4",
-    "asyncio": "#1f77b4",
-    "uvloop": "#17becf",
-    "thread": "#d62728",
-    # The runtime tier: the same runtime's colour, lighter (trio is in both tiers).
-    "gevent-h11": "#98df8a",
-    "asyncio-h11": "#aec7e8",
-    "threads-h11": "#ff9896",
-}
-OTHER_COLOUR = "#7f7f7f"
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1180px; color: #222; }
@@ -40,22 +27,14 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .flag { background: #fde2c2; color: #8a4b00; border-radius: 3px; padding: 0 4px; }
 .bad { background: #f8d0d0; color: #8a0000; border-radius: 3px; padding: 0 4px; }
 .charts { display: flex; flex-wrap: wrap; gap: 16px; }
+.charts svg { max-width: 100%; height: auto; }
 .note { color: #666; font-size: 0.9em; }
 .warn { background: #fff4d6; border-left: 4px solid #e0a800; padding: 6px 10px; }
 .swatch { display: inline-block; width: 10px; height: 10px; margin-right: 4px; }
 svg text { font: 11px system-ui, sans-serif; fill: #333; }
-table.verdict td:last-child { max-width: 34em; }
+table.verdict td:last-child { min-width: 24em; max-width: 36em; }
 table.verdict td.num { white-space: nowrap; }
 """
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    """Chart tick labels."""
-    if value is None:
-        return "&ndash;"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}f}"
 
 
 def _cell(figure: Figure | None, scale: float = 1.0, prefix: str = "") -> str:
@@ -81,150 +60,77 @@ def _cell(figure: Figure | None, scale: float = 1.0, prefix: str = "") -> str:
     return f'<td class="num">{text}</td>'
 
 
-def _ticks(high: float) -> list[float]:
-    if high <= 0:
-        return [0.0]
-    step = 10 ** math.floor(math.log10(high / 4))
-    for factor in (1, 2, 2.5, 5, 10):
-        if high / (step * factor) <= 5:
-            step *= factor
-            break
-    return [i * step for i in range(int(high / step) + 2) if i * step <= high * 1.0001 + step]
-
-
-def line_chart(
-    title: str,
-    x_label: str,
-    y_label: str,
-    series: dict[str, list[tuple[float, float, bool]]],
-    width: int = 560,
-    height: int = 320,
-) -> str:
-    """An SVG line chart; points flagged True are drawn hollow (driver-bound)."""
-    left, right, top, bottom = 64, 16, 30, 44
-    points = [p for values in series.values() for p in values]
-    if not points:
-        return (
-            f'<svg width="{width}" height="80" role="img"><text x="8" y="20">{html.escape(title)}'
-            '</text><text x="8" y="44">no data</text></svg>'
-        )
-    x_ticks = _ticks(max(p[0] for p in points))
-    y_ticks = _ticks(max(p[1] for p in points))
-    x_max, y_max = x_ticks[-1] or 1.0, y_ticks[-1] or 1.0
-
-    def x(value: float) -> float:
-        return left + (width - left - right) * value / x_max
-
-    def y(value: float) -> float:
-        return height - bottom - (height - top - bottom) * value / y_max
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left}" y="18" font-weight="bold">{html.escape(title)}</text>',
-    ]
-    for tick in x_ticks:
-        parts.append(
-            f'<line x1="{x(tick):.1f}" y1="{top}" x2="{x(tick):.1f}" y2="{height - bottom}" '
-            f'stroke="#eee"/><text x="{x(tick):.1f}" y="{height - bottom + 14}" '
-            f'text-anchor="middle">{_fmt(tick, 0 if tick >= 10 else 1)}</text>'
-        )
-    for tick in y_ticks:
-        parts.append(
-            f'<line x1="{left}" y1="{y(tick):.1f}" x2="{width - right}" y2="{y(tick):.1f}" '
-            f'stroke="#eee"/><text x="{left - 6}" y="{y(tick) + 4:.1f}" '
-            f'text-anchor="end">{_fmt(tick, 0 if tick >= 10 else 1)}</text>'
-        )
-    parts.append(
-        f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">'
-        f"{html.escape(x_label)}</text>"
-        f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" '
-        f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{html.escape(y_label)}</text>'
-    )
-    for index, (name, values) in enumerate(series.items()):
-        colour = COLOURS.get(name, OTHER_COLOUR)
-        ordered = values  # in load order: throughput need not rise with load
-        path = " ".join(f"{x(px):.1f},{y(py):.1f}" for px, py, _ in ordered)
-        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        for px, py, hollow in ordered:
-            fill = "white" if hollow else colour
-            parts.append(
-                f'<circle cx="{x(px):.1f}" cy="{y(py):.1f}" r="3.5" fill="{fill}" '
-                f'stroke="{colour}" stroke-width="1.5"/>'
-            )
-        # On the title line, right-aligned, so it never covers a point.
-        legend_x = width - right - 70 * (len(series) - index)
-        legend_y = 9
-        parts.append(
-            f'<rect x="{legend_x}" y="{legend_y}" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{legend_x + 14}" y="{legend_y + 9}">{html.escape(name)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def bar_chart(title: str, bars: list[tuple[str, float]], width: int = 640) -> str:
-    """A horizontal SVG bar chart, one bar per (label, value)."""
-    row, left, top = 24, 190, 30
-    height = top + row * len(bars) + 10
-    high = max((value for _, value in bars), default=1.0) or 1.0
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="8" y="18" font-weight="bold">{html.escape(title)}</text>',
-    ]
-    for index, (label, value) in enumerate(bars):
-        colour = COLOURS.get(label.split()[0], OTHER_COLOUR)
-        y = top + row * index
-        length = (width - left - 90) * value / high
-        parts.append(
-            f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{html.escape(label)}</text>'
-            f'<rect x="{left}" y="{y + 3}" width="{length:.1f}" height="16" fill="{colour}"/>'
-            f'<text x="{left + length + 6:.1f}" y="{y + 15}">{_fmt(value, 0)} B</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 def _runs(results: Results, scenario: str, model: str) -> list[ScenarioRun]:
-    """The first repeat's runs of a scenario, servers in their usual order (a chart draws one
-    line per server; the headline table holds the medians)."""
+    """Every repeat's runs of a scenario, servers in their usual order, then by repeat."""
     order = {impl: index for index, impl in enumerate(IMPLS)}
-    runs = [
-        r
-        for r in results.runs
-        if r.key.scenario == scenario and r.key.model == model and r.key.repeat == 0
-    ]
-    return sorted(runs, key=lambda r: order.get(r.key.server, len(order)))
+    runs = [r for r in results.runs if r.key.scenario == scenario and r.key.model == model]
+    return sorted(runs, key=lambda r: (order.get(r.key.server, len(order)), r.key.repeat))
+
+
+def _series_name(run: ScenarioRun) -> str:
+    # Repeats beyond the first are drawn too, in the server's colour, named apart.
+    return (
+        run.key.server if run.key.repeat == 0 else f"{run.key.server} (repeat {run.key.repeat + 1})"
+    )
 
 
 def _chart_latency_vs_load(results: Results) -> str:
-    series: dict[str, list] = {}
-    for run in _runs(results, "plaintext", "closed"):
-        series.setdefault(run.key.server, []).extend(
-            (s.achieved_rps, s.p99_ms or 0.0, s.driver_bound) for s in run.steps
-        )
-    return line_chart("Latency vs load (plaintext)", "requests per second", "p99 ms", series)
+    series = {
+        _series_name(run): [
+            (s.achieved_rps, s.p99_ms, s.driver_bound, f"{s.users:g}")
+            for s in run.steps
+            if s.p99_ms
+        ]
+        for run in _runs(results, "plaintext", "closed")
+    }
+    return charts.lines(
+        "plaintext: p99 vs achieved load (labels: users)", "achieved requests per second",
+        "p99 latency, ms (log scale)", series, log_y=True,
+    )  # fmt: skip
 
 
 def _chart_memory(results: Results) -> str:
-    series: dict[str, list] = {}
+    series, fits = {}, {}
     for run in _runs(results, "io_hold", "closed"):
-        series.setdefault(run.key.server, []).extend(
-            (s.active_requests or 0.0, (s.rss_bytes or 0.0) / 2**20, False) for s in run.steps
-        )
-    return line_chart("RSS vs requests in flight (io_hold)", "requests in flight", "RSS MiB",
-                      series)  # fmt: skip
+        name = _series_name(run)
+        series[name] = [
+            (s.active_requests, s.rss_bytes / 2**20)
+            for s in run.steps
+            if s.active_requests is not None and s.rss_bytes is not None
+        ]
+        if run.memory_fit:
+            fit = run.memory_fit
+            fits[name] = (
+                fit.slope / 2**20, fit.intercept / 2**20,
+                f"{name}: {number(fit.slope / 1024)} KiB per request",
+            )  # fmt: skip
+    return charts.scatter_with_fits(
+        "io_hold: resident memory vs requests in flight", "requests in flight (server gauge)",
+        "RSS, MiB", series, fits,
+    )  # fmt: skip
 
 
 def _chart_lag(results: Results) -> str:
-    series: dict[str, list] = {}
-    for run in _runs(results, "starvation", "closed"):
-        series[run.key.server] = [(t, lag, False) for t, lag in run.lag_series or []]
-    return line_chart("Scheduler lag over time (starvation)", "seconds", "lag p99 ms (at most)",
-                      series)  # fmt: skip
+    series = {
+        _series_name(run): [(t, lag, False, "") for t, lag in run.lag_series or []]
+        for run in _runs(results, "starvation", "closed")
+    }
+    return charts.lines(
+        "starvation: scheduler lag over the run", "seconds since the scenario started",
+        "lag p99, ms (bucket bound)", series,
+    )  # fmt: skip
+
+
+def _chart_cpu(results: Results) -> str:
+    scenarios = [
+        s for s in results.scenarios
+        if any(s in h.cpu_us_per_request for h in results.headline.values())
+    ]  # fmt: skip
+    values = {server: results.headline[server].cpu_us_per_request for server in _servers(results)}
+    return charts.bars_with_spread(
+        "server CPU per request (median, min-max over repeats)", "µs per request",
+        scenarios, values,
+    )  # fmt: skip
 
 
 def _tiers_note(results: Results) -> str:
@@ -255,16 +161,20 @@ def _servers(results: Results) -> list[str]:
 NO_FIGURE = "\u2013"  # an en dash
 
 
+def _verdict_cell(text: str) -> str:
+    # The median on its line, the repeats' spread under it, smaller.
+    median, _, spread = text.partition(" (")
+    below = f'<br><span class="note">({html.escape(spread)}</span>' if spread else ""
+    return f'<td class="num">{html.escape(median)}{below}</td>'
+
+
 def _verdict_table(results: Results) -> str:
     """The debate's claims, each with this run's figures and a sentence read off them."""
     servers = _servers(results)
     head = "".join(f"<th>{_swatch(server)}</th>" for server in servers)
     rows = []
     for row in verdict(results.headline):
-        cells = "".join(
-            f'<td class="num">{html.escape(row.figures.get(server, NO_FIGURE))}</td>'
-            for server in servers
-        )
+        cells = "".join(_verdict_cell(row.figures.get(server, NO_FIGURE)) for server in servers)
         mark = "" if row.decided else ' class="note"'
         rows.append(
             f"<tr><th>{html.escape(row.claim)}</th>{cells}"
@@ -498,9 +408,10 @@ histogram: &le; its upper bound. <span class="flag">driver-bound</span>: Locust 
 &ge;85 % of its CPU, so the figure is the load generator's limit, not the server's.</p>
 <h2>Charts</h2>
 <div class="charts">
-{_chart_latency_vs_load(results)}{_chart_memory(results)}{_chart_lag(results)}
+{_chart_cpu(results)}{_chart_memory(results)}{_chart_latency_vs_load(results)}{_chart_lag(results)}
 </div>
-<p class="note">Hollow points: driver-bound steps.</p>
+<p class="note">Hollow points: driver-bound steps. Every repeat is drawn, in its server's
+colour.</p>
 {_lost(results)}
 <h2>Every step</h2>
 {_steps_table(results)}

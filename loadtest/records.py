@@ -80,6 +80,11 @@ class RunKey(Record):
     model: Model
     repeat: int
 
+    @property
+    def locust_name(self) -> str:
+        """The name of Locust's files (CSV, HTML, log) for this run, under `locust/`."""
+        return f"{self.server}-{self.scenario}-{self.model}-r{self.repeat + 1}"
+
 
 class ScenarioSpec(Record):
     """A scenario as it was run: what it sent and at which levels (compared across runs)."""

@@ -60,3 +60,29 @@ def test_the_report_draws_every_chart_with_the_library(page: str) -> None:
                   "p99 vs achieved load", "scheduler lag"):  # fmt: skip
         assert title in page
     assert "KiB per request" in page  # each server's fitted slope, in the memory legend
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("built")
+    shutil.copy(DATA / "samples.jsonl", out / "samples.jsonl")
+    return results.build(out)
+
+
+def test_each_scenario_is_explained_with_its_locust_pages(page: str) -> None:
+    section = page[page.index("<h2>Scenarios</h2>") : page.index("<h2>Every step</h2>")]
+    from loadtest.driver.scenarios import SCENARIOS
+
+    assert SCENARIOS["io_hold"].question in section
+    assert "1 x GET /sleep?ms=2000" in section
+    assert 'href="locust/trio-plaintext-closed-r1.html"' in section
+
+
+def test_a_busy_machine_is_warned_of_before_any_figure(built) -> None:
+    def rendered(load: float) -> str:
+        environment = built.environment.model_copy(update={"load_average_1m": load, "cpus": 2})
+        return report.render(built.model_copy(update={"environment": environment}))
+
+    assert "Busy machine" not in rendered(0.9)  # 0.45 per CPU
+    busy = rendered(1.1)
+    assert busy.index("Busy machine") < busy.index("<h2>Verdict</h2>")

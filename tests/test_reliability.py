@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import select
 import socket
 import time
@@ -212,6 +213,22 @@ def mutated_requests(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+def _response_heads(answer: bytes) -> list[bytes]:
+    """The heads of the responses in `answer`, walked by their Content-Length (a body may
+    quote the request, status line and all); stops at a chunked or unframed body."""
+    heads = []
+    while answer.startswith(b"HTTP/1."):
+        head, separator, rest = answer.partition(b"\r\n\r\n")
+        if not separator:
+            break
+        heads.append(head)
+        length = re.search(rb"\r\nContent-Length: (\d+)", head)
+        if length is None:
+            break
+        answer = rest[int(length[1]) :]
+    return heads
+
+
 FUZZ_CASES = 120
 FUZZ_SILENCE_S = 0.15
 
@@ -246,9 +263,9 @@ def test_fuzzed_requests_never_get_500_nor_hurt_the_server(impl_name: str) -> No
                     statuses.append(status_line[9:12])
             assert b"HTTP/1.1 500" not in answer and b"HTTP/1.0 500" not in answer, wire
             # Every answer, whichever layer wrote it, is the contract's: it says who answered.
-            for response in answer.split(b"HTTP/1.")[1:]:
-                head = response.partition(b"\r\n\r\n")[0]
+            for head in _response_heads(answer):
                 assert b"\r\nX-Stackbench-Impl: " in head, (wire, answer[:300])
+                assert head.count(b"\r\nConnection: ") <= 1, head
 
         throw()
         assert server.process.poll() is None, server.stderr_tail()

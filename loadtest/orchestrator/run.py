@@ -414,7 +414,7 @@ def _run_scenario(
     impl, scenario, model = key.server, key.scenario, key.model
     levels = plan.levels(scenario, model)
     seconds = plan.seconds(scenario, model)
-    name = f"{impl}-{scenario}-{model}-r{key.repeat + 1}"
+    name = key.locust_name
     client_port = _free_port()  # the master's; forked workers take the next free ones
     env = {
         **os.environ,

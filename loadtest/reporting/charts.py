@@ -63,6 +63,11 @@ plt.rcParams.update({
 Point = tuple[float, float, bool, str]  # x, y, hollow (driver-bound), label ("" for none)
 
 
+def _legend(name: str) -> str:
+    # A repeat beyond the first shares its server's colour and legend entry.
+    return "_" + name if "(repeat" in name else name
+
+
 def colour(name: str) -> str:
     return COLOURS.get(name, COLOURS.get(name.split()[0], OTHER_COLOUR))
 
@@ -105,9 +110,11 @@ def lines(
     y_label: str,
     series: dict[str, Sequence[Point]],
     log_y: bool = False,
+    x_ticks: Sequence[tuple[float, str]] = (),
 ) -> str:
     """One line per server through its points in order; hollow points: driver-bound; each
-    point labelled with its label (a load level)."""
+    point labelled with its label (a load level). `x_ticks`: named positions on the x axis
+    instead of numbers."""
     if not any(series.values()):
         return _empty(title)
     figure, axes = plt.subplots(figsize=(WIDTH_IN, HEIGHT_IN), layout="constrained")
@@ -116,7 +123,7 @@ def lines(
             continue
         shade = colour(name)
         xs, ys = [p[0] for p in points], [p[1] for p in points]
-        axes.plot(xs, ys, color=shade, linewidth=1.6, label=name)
+        axes.plot(xs, ys, color=shade, linewidth=1.6, label=_legend(name))
         for x, y, hollow, label in points:
             axes.plot(
                 x, y, marker="o", markersize=5, color=shade,
@@ -135,7 +142,11 @@ def lines(
     axes.set_title(title)
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
-    axes.set_xlim(left=0)
+    if x_ticks:
+        axes.set_xticks([x for x, _ in x_ticks], [label for _, label in x_ticks])
+        axes.set_xlim(x_ticks[0][0] - 0.2, x_ticks[-1][0] + 0.3)
+    else:
+        axes.set_xlim(left=0)
     axes.legend(loc="best", fontsize=8, frameon=False)
     return _svg(figure, title)
 
@@ -157,11 +168,14 @@ def scatter_with_fits(
         shade = colour(name)
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         fit = fits.get(name)
-        axes.scatter(xs, ys, s=18, color=shade, label=None if fit else name)
+        axes.scatter(xs, ys, s=18, color=shade, label="_" if fit else _legend(name))
         if fit:
             slope, intercept, legend = fit
             ends = [0.0, max(xs)]
-            axes.plot(ends, [intercept + slope * x for x in ends], color=shade, label=legend)
+            axes.plot(
+                ends, [intercept + slope * x for x in ends], color=shade,
+                label=_legend(name) if "(repeat" in name else legend,
+            )  # fmt: skip
     axes.set_title(title)
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
@@ -196,7 +210,7 @@ def bars_with_spread(
         axes.bar(xs, heights, width=width * 0.92, color=colour(server), label=server)
         if any(low) or any(high):
             axes.errorbar(xs, heights, yerr=[low, high], fmt="none", ecolor="#333", capsize=2)
-    axes.set_xticks(range(len(groups)), list(groups))
+    axes.set_xticks(range(len(groups)), list(groups), rotation=25, ha="right")
     axes.set_title(title)
     axes.set_ylabel(y_label)
     axes.grid(axis="x", visible=False)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from loadtest.driver.scenarios import BLOCKING_MS
+from loadtest.driver.scenarios import BLOCKING_MS, SCENARIOS
 from loadtest.histograms import RELATIVE_ERROR
-from loadtest.records import Figure, Results, ScenarioRun
+from loadtest.records import Figure, Results, ScenarioRun, spec_name
 from loadtest.reporting import charts
 from loadtest.reporting.charts import COLOURS, OTHER_COLOUR
-from loadtest.reporting.figures import MEMORY_DISAGREEMENT
+from loadtest.reporting.figures import FIGURES, MEMORY_DISAGREEMENT
 from loadtest.reporting.formatting import number
 from loadtest.reporting.verdict import verdict
 from servers.contract import IMPLS
@@ -118,6 +118,32 @@ def _chart_lag(results: Results) -> str:
     return charts.lines(
         "starvation: scheduler lag over the run", "seconds since the scenario started",
         "lag p99, ms (bucket bound)", series,
+    )  # fmt: skip
+
+
+PERCENTILE_TICKS = ((0, "p50"), (1, "p99"), (2, "p99.9"), (3, "max"))
+
+
+def _chart_percentiles(results: Results, scenario: str, model: str, route: str | None) -> str:
+    """The latency distribution at a scenario's top level, p50 to max, per server: the whole
+    pass (route None) or one route's requests."""
+    series = {}
+    for run in _runs(results, scenario, model):
+        top = run.steps[-1] if run.steps else None
+        if top is None:
+            continue
+        figures = top if route is None else top.routes.get(route)
+        if figures is None or figures.p50_ms is None:
+            continue
+        values = (figures.p50_ms, figures.p99_ms, figures.p999_ms, figures.max_ms)
+        series[_series_name(run)] = [
+            (x, value, top.driver_bound, "")
+            for (x, _), value in zip(PERCENTILE_TICKS, values, strict=True)
+        ]
+    what = f"{route} requests" if route else f"the {model} pass"
+    return charts.lines(
+        f"{scenario}: latency of {what} at its top level", "percentile",
+        "latency, ms (log scale)", series, log_y=True, x_ticks=PERCENTILE_TICKS,
     )  # fmt: skip
 
 
@@ -355,6 +381,64 @@ def _repeats_note(results: Results) -> str:
     )
 
 
+BUSY_LOAD_PER_CPU = 0.5  # a load average above this per CPU at the start: a busy machine
+
+
+def _warnings(results: Results) -> str:
+    """What may make this run's figures less than they seem, said before any figure."""
+    env = results.environment
+    warnings = []
+    if env.cpus and env.load_average_1m / env.cpus > BUSY_LOAD_PER_CPU:
+        warnings.append(
+            f"<b>Busy machine.</b> The load average was {env.load_average_1m:.2f} on "
+            f"{env.cpus} CPUs when the run started: something else was running, and the "
+            "figures carry its noise. Run again on a quiet machine."
+        )
+    bound = sorted({
+        f"{server} ({FIGURES[name].label})"
+        for server, headline in results.headline.items()
+        for name, figure in headline.figures.items()
+        if figure.driver_bound and FIGURES[name].better is not None
+    })  # fmt: skip
+    if bound:
+        warnings.append(
+            "<b>Driver-bound figures.</b> Locust was the limit, not the server, for: "
+            + html.escape(", ".join(bound))
+            + ". Those figures are what the load generator reached (see CPU per request for "
+            "what the servers cost)."
+        )
+    return "".join(f'<p class="warn">{text}</p>' for text in warnings)
+
+
+def _scenarios(results: Results) -> str:
+    """What each scenario asks and sends, at which levels, with the Locust pages of its runs."""
+    runs: dict[str, list] = {}
+    for run in results.runs:
+        if run.key.model != "held":  # raw held connections: no Locust, no page
+            runs.setdefault(spec_name(run.key.scenario, run.key.model), []).append(run.key)
+    items = []
+    for name, spec in results.scenarios.items():
+        scenario = SCENARIOS.get(name.removesuffix(" (open)"))
+        question = scenario.question if scenario else ""
+        unit = "arrivals/s per stream" if spec.rate_per_stream else "users"
+        levels = ", ".join(f"{level:,}" for level in spec.levels)
+        links = " ".join(
+            f'<a href="locust/{html.escape(key.locust_name)}.html">'
+            f"{html.escape(key.server)} r{key.repeat + 1}</a>"
+            for key in sorted(runs.get(name, []), key=lambda k: (k.server, k.repeat))
+        )
+        items.append(
+            f"<tr><th>{html.escape(name)}</th><td>{html.escape(question)}</td>"
+            f"<td>{'<br>'.join(html.escape(r) for r in spec.requests)}</td>"
+            f"<td>{levels} {unit}, {spec.step_seconds:g} s each</td>"
+            f'<td class="note">{links}</td></tr>'
+        )
+    return (
+        "<table><tr><th>scenario</th><th>the question</th><th>what it sends</th>"
+        "<th>load levels</th><th>Locust's pages</th></tr>" + "".join(items) + "</table>"
+    )
+
+
 def render(results: Results) -> str:
     pinning = results.pinning
     env = results.environment
@@ -373,6 +457,7 @@ Locust on CPU {pinning.driver_cpus}. {html.escape(env.cpu_model)}, kernel
 {html.escape(env.kernel)}, governor {html.escape(env.cpu_governor or "unknown")}, load average
 {env.load_average_1m:g} at start. stackbench {html.escape(results.provenance.stackbench_version)}
 {html.escape(commit[:12] if commit else "")}. {html.escape(versions)}.</p>
+{_warnings(results)}
 {_repeats_note(results)}
 {_tiers_note(results)}
 <h2>Verdict</h2>
@@ -409,10 +494,14 @@ histogram: &le; its upper bound. <span class="flag">driver-bound</span>: Locust 
 <h2>Charts</h2>
 <div class="charts">
 {_chart_cpu(results)}{_chart_memory(results)}{_chart_latency_vs_load(results)}{_chart_lag(results)}
+{_chart_percentiles(results, "starvation", "open", None)}
+{_chart_percentiles(results, "coloring", "closed", "/json")}
 </div>
 <p class="note">Hollow points: driver-bound steps. Every repeat is drawn, in its server's
 colour.</p>
 {_lost(results)}
+<h2>Scenarios</h2>
+{_scenarios(results)}
 <h2>Every step</h2>
 {_steps_table(results)}
 </body></html>

@@ -68,10 +68,8 @@ class Rejection(Exception):
 
     def response(self) -> contract.Response:
         """The contract's JSON error, telling the client the connection closes."""
-        return replace(
-            contract.error(self.status, self.message[:200], (("Connection", "close"),)),
-            close_connection=True,
-        )
+        # close_connection: the head says `Connection: close` (lifecycle.response_headers).
+        return replace(contract.error(self.status, self.message[:200]), close_connection=True)
 
 
 MAX_REMEMBERED_HEAD_BYTES = 2048  # larger heads are checked every time

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from loadtest.records import Figure, ServerHeadline
+from loadtest.reporting import results
 from loadtest.reporting.verdict import verdict
+
+DATA = Path(__file__).parent / "data" / "smoke-run"
 
 
 def figure(*values: float, driver_bound: bool = False) -> Figure:
@@ -65,5 +71,18 @@ def test_a_claim_the_run_cannot_decide_says_why_instead_of_a_verdict() -> None:
     )
     missing = readings({"gevent": headline(*GEVENT), "trio": headline(*TRIO)})
     assert missing["Stackless extracts more performance from the machine"].startswith(
-        "Not measured by this run: add the plaintext scenario"
+        "Not measured by this run: it needs plaintext"
     )
+
+
+def test_on_a_recorded_run_swapping_two_servers_swaps_the_sentences(tmp_path) -> None:
+    shutil.copy(DATA / "samples.jsonl", tmp_path / "samples.jsonl")
+    headline = results.build(tmp_path).headline
+    swapped = {"trio": headline["aiohttp"], "aiohttp": headline["trio"]}
+    for row, other in zip(verdict(headline), verdict(swapped), strict=True):
+        # The same sentence with the two names exchanged.
+        exchanged = row.reading.replace("trio", "\0").replace("aiohttp", "trio")
+        assert other.reading == exchanged.replace("\0", "aiohttp"), (row.reading, other.reading)
+        pairs = (("trio", "aiohttp"), ("aiohttp", "trio"))
+        expected = {name: row.figures[was] for name, was in pairs if was in row.figures}
+        assert other.figures == expected

@@ -4,6 +4,7 @@ answers "which server costs how much memory per concurrent request, and what lat
 from __future__ import annotations
 
 import html
+import shlex
 from pathlib import Path
 
 from loadtest.driver.scenarios import BLOCKING_MS, SCENARIOS
@@ -443,6 +444,7 @@ def render(results: Results) -> str:
     pinning = results.pinning
     env = results.environment
     versions = ", ".join(f"{k} {v}" for k, v in results.versions.items())
+    dirty = " (with uncommitted changes)" if results.provenance.git_dirty else ""
     status = "complete" if results.complete else "partial"
     commit = results.provenance.git_commit
     return f"""<!doctype html>
@@ -456,7 +458,8 @@ def render(results: Results) -> str:
 Locust on CPU {pinning.driver_cpus}. {html.escape(env.cpu_model)}, kernel
 {html.escape(env.kernel)}, governor {html.escape(env.cpu_governor or "unknown")}, load average
 {env.load_average_1m:g} at start. stackbench {html.escape(results.provenance.stackbench_version)}
-{html.escape(commit[:12] if commit else "")}. {html.escape(versions)}.</p>
+{html.escape(commit[:12] if commit else "")}{dirty}. {html.escape(versions)}.
+Command: <code>{html.escape(shlex.join(results.provenance.command))}</code>.</p>
 {_warnings(results)}
 {_repeats_note(results)}
 {_tiers_note(results)}
@@ -464,9 +467,10 @@ Locust on CPU {pinning.driver_cpus}. {html.escape(env.cpu_model)}, kernel
 <p class="note">The claims of the stackful (Go's goroutines, gevent's greenlets) against
 stackless (Rust's futures, trio's and asyncio's coroutines) debate, each read off this run's
 figures below: memory per in-flight request with raw held connections, server CPU per
-plaintext request, <code>/json</code> p99 beside blocking calls (inline, in Python and in C)
-and beside CPU-bound requests. A claim is decided only where the repeats' ranges of the two
-kinds of server do not overlap; otherwise the row says what is missing.</p>
+plaintext request, CPU per child task of a fan-out (the fanout request's CPU less a plaintext
+request's, over its 20 children), <code>/json</code> p99 beside blocking calls (inline, in
+Python and in C) and beside CPU-bound requests. A claim is decided only where the repeats'
+ranges of the two kinds of server do not overlap; otherwise the row says what is missing.</p>
 {_verdict_table(results)}
 <h2>CPU per request</h2>
 {_cpu_table(results)}

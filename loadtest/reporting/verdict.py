@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
+from loadtest.driver.scenarios import SCENARIOS
 from loadtest.records import Figure, ServerHeadline
 from loadtest.reporting.formatting import number
 from servers.contract import IMPLS, RUNTIMES
@@ -24,6 +26,7 @@ __all__ = ["CLAIMS", "C_BOUNDARY", "Claim", "Row", "verdict"]
 STACKFUL_RUNTIMES = frozenset({"gevent", "threads"})
 PREEMPTIVE_RUNTIMES = frozenset({"threads"})
 GO_MIN_STACK_KIB = 2  # Go's smallest goroutine stack: the debate's reference
+PER_CHILD = "fanout:per_child"
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,10 @@ CLAIMS: tuple[Claim, ...] = (
         "implicit-yield",
     ),
     Claim(
+        "fanout", "A stackful task costs more to start (CPU per child of a structured fan-out)",
+        "fanout:per_child", "µs", 1, "plaintext,fanout", _stackful, "stackful", "stackless",
+    ),
+    Claim(
         "starvation", "One busy task starves the others (cooperative scheduling)",
         "starvation_probe_p99_ms", "ms", 1, "starvation", _cooperative, "cooperative",
         "preemptive",
@@ -80,12 +87,7 @@ C_BOUNDARY = Claim(
     "c_boundary", "Calling into C is where the stackful model pays (Go's cgo)",
     "c_boundary_probe_p99_ms", "ms", 1, "c_boundary", _stackful, "stackful", "stackless",
 )  # fmt: skip
-COLOURING = CLAIMS[2]
-# Measured nowhere yet: shown so that the verdict says what it leaves open.
-UNMEASURED = (
-    ("fan-out", "Structured concurrency costs little per child task",
-     "no per-child figure yet: /fanout's cost per child is not among the run's figures"),
-)  # fmt: skip
+COLOURING = next(claim for claim in CLAIMS if claim.key == "colouring")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,30 @@ class Row:
     decided: bool  # whether the run's spread decides the claim
 
 
+def _fanout_children() -> int:
+    target = SCENARIOS["fanout"].requests[0].target
+    return int(parse_qs(target.partition("?")[2])["n"][0])
+
+
+def _per_child(headline: ServerHeadline) -> Figure | None:
+    """CPU per child task of a fan-out: the fanout request's CPU less a plaintext request's,
+    over its children; the range from the two figures' extremes."""
+    fanout = headline.cpu_us_per_request.get("fanout")
+    plain = headline.cpu_us_per_request.get("plaintext")
+    if fanout is None or plain is None:
+        return None
+    children = _fanout_children()
+    low, high = (fanout.min - plain.max) / children, (fanout.max - plain.min) / children
+    median = (fanout.median - plain.median) / children
+    return Figure(
+        median=median, min=min(low, median), max=max(high, median), n=min(fanout.n, plain.n),
+        values=[median], driver_bound=fanout.driver_bound or plain.driver_bound,
+    )  # fmt: skip
+
+
 def _figure(headline: ServerHeadline, name: str) -> Figure | None:
+    if name == PER_CHILD:
+        return _per_child(headline)
     if name.startswith("cpu:"):
         return headline.cpu_us_per_request.get(name.removeprefix("cpu:"))
     return headline.figures.get(name)
@@ -126,7 +151,7 @@ def _row(claim: Claim, headline: dict[str, ServerHeadline]) -> Row:
     if len(measured) < 2:
         return Row(
             claim.claim, shown,
-            f"Not measured by this run: add the {claim.scenario} scenario "
+            f"Not measured by this run: it needs {claim.scenario.replace(',', ' and ')} "
             f"(stackbench run --scenarios {claim.scenario}) with at least two servers.",
             False,
         )  # fmt: skip
@@ -145,7 +170,10 @@ def _row(claim: Claim, headline: dict[str, ServerHeadline]) -> Row:
         + "."
     )
     if claim.key == "memory":
-        order += f" A goroutine's stack starts at {GO_MIN_STACK_KIB} KiB."
+        order += (
+            f" A goroutine's stack starts at {GO_MIN_STACK_KIB} KiB (an idle task alone, "
+            "without a server: stackbench tasks)."
+        )
     if not higher or not lower:
         missing = claim.lower_name if higher else claim.higher_name
         return Row(
@@ -230,7 +258,5 @@ def _c_boundary_row(headline: dict[str, ServerHeadline]) -> Row:
 
 
 def verdict(headline: dict[str, ServerHeadline]) -> list[Row]:
-    """One row per claim, in the order of CLAIMS, then the claims the run cannot measure."""
-    rows = [_row(claim, headline) for claim in CLAIMS] + [_c_boundary_row(headline)]
-    rows += [Row(claim, {}, f"Not measured: {why}.", False) for _, claim, why in UNMEASURED]
-    return rows
+    """One row per claim, in the order of CLAIMS, then the C boundary's."""
+    return [_row(claim, headline) for claim in CLAIMS] + [_c_boundary_row(headline)]

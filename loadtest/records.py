@@ -320,6 +320,8 @@ class ScenarioRun(Record):
     driver_bound: bool
     memory_fit: LinearFit | None = None  # io_hold: RSS against requests in flight
     lag_series: list[tuple[float, float]] | None = None  # starvation: (s, lag p99 bound ms)
+    # starvation: (s, users) where each load level began, on lag_series' clock
+    level_starts: list[tuple[float, float]] | None = None
 
 
 class Figure(Record):

@@ -121,9 +121,12 @@ class Handler(pywsgi.WSGIHandler):
         self.waiting_for, self.waiting_since = "head", time.monotonic()
         line = self.rfile.readline(framing.MAX_REQUEST_LINE_BYTES + 1)
         if len(line) > framing.MAX_REQUEST_LINE_BYTES:
-            raise framing.Rejection(414, "request line too long")  # (handle_one_request)
-        # Without its line ending: pywsgi's own (shorter) limit must not apply to the CRLF.
-        return line.rstrip(b"\r\n").decode("latin-1")
+            raise framing.LINE_TOO_LONG  # (answered in handle_one_request)
+        if line.endswith(b"\n") and not line.endswith(b"\r\n"):
+            raise framing.BARE_LF
+        # Without its CRLF (pywsgi's own, shorter, limit must not count it); any other CR
+        # stays, for the strict parser to refuse.
+        return line.removesuffix(b"\r\n").decode("latin-1")
 
     def read_request(self, raw_requestline: str) -> bool:
         """The head, read and parsed by the framing policy's strict parser instead of
@@ -140,21 +143,33 @@ class Handler(pywsgi.WSGIHandler):
         # itself reads): parsing the validated lines a second time through the email package
         # would cost more than the validation.
         headers._headers = [
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers
+            (name.decode("latin-1"), _normalized(name, value).decode("latin-1"))
+            for name, value in head.headers
         ]
         self.headers = headers
         self.content_length = head.content_length
-        connection = (headers.get("connection") or "").lower()
+        # Every Connection field, as comma-separated tokens (pywsgi compares the first field
+        # with one string, so `keep-alive, close` kept the connection open).
+        options = {
+            token.strip().lower()
+            for name, value in head.headers
+            if name == b"connection"
+            for token in value.split(b",")
+        }
         if head.version == "1.1":
-            self.close_connection = connection == "close"
+            self.close_connection = b"close" in options
         else:
-            self.close_connection = connection != "keep-alive"
+            self.close_connection = b"keep-alive" not in options
         return True
+
+    def _connection_upgrade_requested(self) -> bool:
+        # The contract upgrades nothing; pywsgi would hand the app the raw socket file as its
+        # input, Content-Length ignored, and a body would run into the next request.
+        return False
 
     def _read_raw_head(self, request_line: bytes) -> bytes:
         """The request line (given, without its CRLF) and the header lines up to the blank
-        line (consumed, not kept), joined by CRLF; a bare LF ends a line too (RFC 9112
-        section 2.2)."""
+        line (consumed, not kept), joined by CRLF."""
         lines = [request_line]
         size = len(request_line) + 2
         while True:
@@ -166,7 +181,9 @@ class Handler(pywsgi.WSGIHandler):
                 )
             if not line.endswith(b"\n"):
                 raise _ClientLeft  # end of file inside the head
-            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+            if not line.endswith(b"\r\n"):
+                raise framing.BARE_LF
+            line = line[:-2]
             if not line:
                 return b"\r\n".join(lines)
             lines.append(line)
@@ -333,6 +350,14 @@ class App:
 
     def _cancelled_if_client_leaves(self, environ: dict) -> "_DisconnectWatch":
         return _DisconnectWatch(self.spawned, environ["stackbench.socket"])
+
+
+def _normalized(name: bytes, value: bytes) -> bytes:
+    """A field's value as pywsgi's exact comparisons need it: `Expect: 100-Continue` is
+    100-continue (RFC 9110: case-insensitive), which pywsgi would not answer."""
+    if name == b"expect" and value.lower() == b"100-continue":
+        return b"100-continue"
+    return value
 
 
 def _at_end_of_file(sock: socket.socket) -> bool:

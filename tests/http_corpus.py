@@ -68,6 +68,8 @@ CORPUS: tuple[Case, ...] = (
     Case("te-unsupported-coding", _post(b"Transfer-Encoding: gzip, chunked\r\n", CHUNKED_EMPTY), 501),
     Case("te-identity", _post(b"Transfer-Encoding: identity\r\n", CHUNKED_EMPTY), 400),
     Case("te-in-http10", b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKED_EMPTY, 400),
+    Case("te-trailing-comma", _post(b"Transfer-Encoding: chunked,\r\n", b"5\r\nhello\r\n0\r\n\r\n"), 400),
+    Case("te-leading-comma", _post(b"Transfer-Encoding: ,chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), 400),
     Case("te-vertical-tab", _post(b"Transfer-Encoding: \x0bchunked\r\n", CHUNKED_EMPTY), 400),
     Case("chunk-size-garbage", _post(b"Transfer-Encoding: chunked\r\n", b"zz\r\nhello\r\n0\r\n\r\n"), 400),
     Case("chunk-size-overflow", _post(b"Transfer-Encoding: chunked\r\n", b"f" * 40 + b"\r\nx\r\n0\r\n\r\n"), 400),
@@ -85,6 +87,10 @@ CORPUS: tuple[Case, ...] = (
     Case("no-host", _get(), 400),
     Case("two-hosts", _get(HOST + b"Host: other\r\n"), 400),
     Case("space-in-target", _get(HOST, b"GET /js on HTTP/1.1"), 400),
+    Case("obs-text-in-target", _get(HOST, b"GET /json\xff HTTP/1.1"), 400),
+    Case("cr-cr-lf-line", _get(HOST, b"GET /json HTTP/1.1\r"), 400),
+    Case("bare-lf-header", _get(HOST + b"X-Value: a\nX-Other: b\r\n"), 400),
+    Case("bare-lf-everywhere", b"GET /json HTTP/1.1\nHost: corpus\n\n", 400),
     Case("version-malformed", _get(HOST, b"GET /json HTTP/1.x"), 400),
     Case("version-2", _get(HOST, b"GET /json HTTP/2.0"), 505, followed=False),
     Case("version-0.9", _get(HOST, b"GET /json HTTP/0.9"), 505, followed=False),
@@ -105,6 +111,8 @@ ACCEPTED: tuple[Case, ...] = (
     Case("te-chunked-mixed-case", _post(b"Transfer-Encoding: ChUnKeD\r\n", b"5\r\nhello\r\n0\r\n\r\n"), 200),
     Case("http10-without-host", b"GET /json HTTP/1.0\r\n\r\n", 200, keep_alive=False, followed=False),
     Case("absolute-form", _get(HOST, b"GET http://corpus/json HTTP/1.1"), 200),
+    # pywsgi hands an upgrade request the raw socket as its body, Content-Length ignored.
+    Case("upgrade-with-length", _post(b"Upgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 5\r\n", b"hello"), 200),
     Case("headers-100", _get(HOST + b"".join(b"X-%d: v\r\n" % i for i in range(99))), 200),
     Case("request-line-8000", _get(HOST, b"GET /json?" + b"a" * 7900 + b" HTTP/1.1"), 200),
 )  # fmt: skip

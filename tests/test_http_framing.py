@@ -99,10 +99,13 @@ def test_rejections_are_counted_logged_in_one_line_and_leave_the_server_well(
 # -- protocol behaviour clients rely on -------------------------------------------------------
 
 
-def test_expect_100_continue_is_answered_before_the_body(server: ServerProcess) -> None:
+@pytest.mark.parametrize("expect", [b"100-continue", b"100-Continue"])
+def test_expect_100_continue_is_answered_before_the_body(
+    server: ServerProcess, expect: bytes
+) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=READ_TIMEOUT_S) as sock:
         sock.sendall(
-            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: %s\r\n\r\n" % expect
         )
         interim = sock.recv(65536)
         assert interim.startswith(b"HTTP/1.1 100 "), interim
@@ -139,10 +142,15 @@ def test_head_never_writes_a_body(server: ServerProcess, target: str) -> None:
     assert rest.endswith(b'{"message":"Hello, World!"}')
 
 
-def test_connection_close_is_honoured_and_echoed(server: ServerProcess) -> None:
+@pytest.mark.parametrize(
+    "connection",
+    [b"Connection: close", b"Connection: Close", b"Connection: keep-alive, close",
+     b"Connection: keep-alive\r\nConnection: close"],
+)  # fmt: skip
+def test_connection_close_is_honoured_and_echoed(server: ServerProcess, connection: bytes) -> None:
     started = time.monotonic()
     wire, ending = exchange(
-        server.port, b"GET /json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        server.port, b"GET /json HTTP/1.1\r\nHost: t\r\n%s\r\n\r\n" % connection
     )
     assert ending == "closed" and time.monotonic() - started < READ_TIMEOUT_S
     assert error_head(wire).get("connection") == "close"
@@ -255,3 +263,16 @@ def test_a_client_leaving_mid_body_is_recorded_as_499(impl: str) -> None:
             )
             == 1
         )
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [(b"Content-Length: 5, 5", 400), (b"Content-Length: 99999999", 413), (b"", 400)],
+)
+def test_a_refused_head_request_is_answered_without_a_body(
+    server: ServerProcess, fields: bytes, status: int
+) -> None:
+    host = b"Host: t\r\n" if fields else b""  # no fields: HTTP/1.1 without a Host
+    wire, ending = exchange(server.port, b"HEAD /json HTTP/1.1\r\n%s%s\r\n\r\n" % (host, fields))
+    assert statuses(wire) == [status], wire[:200]
+    assert ending == "closed"

@@ -169,8 +169,10 @@ def test_report_renders_in_chromium(smoke_run) -> None:
     probe = (
         "<script>window.onerror=function(m){document.title='ERROR '+m};"
         "addEventListener('load',function(){var s=[].map.call(document.querySelectorAll('svg'),"
-        "function(e){var r=e.getBoundingClientRect();return r.width+'x'+r.height});"
-        "var p=document.createElement('pre');p.id='probe';p.textContent=s.join(' ');"
+        "function(e){var r=e.getBoundingClientRect();return r.width+'x'+r.height+'|'"
+        "+e.getAttribute('aria-label')+'|'+[].map.call(e.querySelectorAll('text'),"
+        "function(t){return t.textContent}).join(';')});"
+        "var p=document.createElement('pre');p.id='probe';p.textContent=s.join('\\n');"
         "document.body.appendChild(p)})</script>"
     )
     probed = out / "report-probed.html"
@@ -189,8 +191,15 @@ def test_report_renders_in_chromium(smoke_run) -> None:
     assert not re.search(r"CONSOLE.*(Error|Uncaught)", dom.stderr), dom.stderr[-2000:]
     sizes = re.search(r'<pre id="probe">([^<]*)</pre>', dom.stdout)
     assert sizes, dom.stdout[-2000:]
-    charts = [tuple(map(float, size.split("x"))) for size in sizes[1].split()]
-    assert len(charts) >= 3 and all(w > 100 and h > 100 for w, h in charts), charts
+    laid_out = [line.split("|") for line in html.unescape(sizes[1]).splitlines()]
+    charts = [tuple(map(float, size.split("x"))) for size, _, _ in laid_out]
+    assert len(charts) >= 6 and all(w > 100 and h > 100 for w, h in charts), charts
+    for _, title, texts in laid_out:
+        # Each chart is titled (for the eye and for assistive technology) and its axes and
+        # legend are text the browser laid out, not paths.
+        labels = texts.split(";")
+        assert title and title in labels, (title, labels)
+        assert any(unit in texts for unit in ("ms", "µs", "MiB", "second")), (title, labels)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report.png"
     subprocess.run(

@@ -27,6 +27,7 @@ __all__ = [
     "cpu_step",
     "held_fit",
     "lag_series",
+    "level_starts",
     "linear_fit",
     "memory_fit",
     "step_figures",
@@ -203,6 +204,22 @@ def steps(
             if figures:
                 result.append(figures)
     return result
+
+
+def level_starts(samples: list[Sample], levels: list[int] | None) -> list[tuple[float, float]]:
+    """(seconds since the first sample, users) where each planned load level began, on
+    lag_series' clock, to mark the steps on it."""
+    usable = [s for s in samples if s.server]
+    if not usable:
+        return []
+    origin = usable[0].t
+    starts = []
+    ordered = [s for s in samples if s.client]
+    for users, group in groupby(ordered, key=lambda s: s.client.users if s.client else 0):
+        first = next(group)
+        if users > 0 and (levels is None or users in levels):
+            starts.append((max(first.t - origin, 0.0), float(users)))
+    return starts
 
 
 def lag_series(samples: list[Sample]) -> list[tuple[float, float]]:

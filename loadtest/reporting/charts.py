@@ -97,7 +97,7 @@ def _minor_log_label(value: float, _position: object) -> str:
 
 
 def _empty(title: str) -> str:
-    figure, axes = plt.subplots(figsize=(WIDTH_IN, 1.0))
+    figure, axes = plt.subplots(figsize=(WIDTH_IN, 1.3))
     axes.set_axis_off()
     axes.set_title(title)
     axes.text(0.5, 0.3, "not measured by this run", ha="center", transform=axes.transAxes)
@@ -111,10 +111,11 @@ def lines(
     series: dict[str, Sequence[Point]],
     log_y: bool = False,
     x_ticks: Sequence[tuple[float, str]] = (),
+    x_marks: Sequence[tuple[float, str]] = (),
 ) -> str:
     """One line per server through its points in order; hollow points: driver-bound; each
     point labelled with its label (a load level). `x_ticks`: named positions on the x axis
-    instead of numbers."""
+    instead of numbers; `x_marks`: labelled vertical lines (where a load level began)."""
     if not any(series.values()):
         return _empty(title)
     figure, axes = plt.subplots(figsize=(WIDTH_IN, HEIGHT_IN), layout="constrained")
@@ -134,6 +135,12 @@ def lines(
                     label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                     color="#444",
                 )  # fmt: skip
+    for x, label in x_marks:
+        axes.axvline(x, color="#999", linestyle=":", linewidth=1)
+        axes.annotate(
+            label, (x, 1), xycoords=("data", "axes fraction"), xytext=(3, -10),
+            textcoords="offset points", fontsize=7, color="#555",
+        )  # fmt: skip
     if log_y:
         axes.set_yscale("log")
         # Plain numbers (2, 5, 20 ms), not powers of ten.

@@ -112,13 +112,16 @@ def _chart_memory(results: Results) -> str:
 
 
 def _chart_lag(results: Results) -> str:
+    runs = _runs(results, "starvation", "closed")
     series = {
-        _series_name(run): [(t, lag, False, "") for t, lag in run.lag_series or []]
-        for run in _runs(results, "starvation", "closed")
+        _series_name(run): [(t, lag, False, "") for t, lag in run.lag_series or []] for run in runs
     }
+    # Where each load level began, from the first run that knows (the same plan for all).
+    starts = next((run.level_starts for run in runs if run.level_starts), None) or []
+    marks = [(t, f"{users:g} users") for t, users in starts]
     return charts.lines(
         "starvation: scheduler lag over the run", "seconds since the scenario started",
-        "lag p99, ms (bucket bound)", series,
+        "lag p99, ms (bucket bound)", series, x_marks=marks,
     )  # fmt: skip
 
 

@@ -107,6 +107,9 @@ def build(out: Path) -> Results:
                 lag_series=analysis.lag_series(samples[key])
                 if key.scenario == "starvation"
                 else None,
+                level_starts=analysis.level_starts(samples[key], levels)
+                if key.scenario == "starvation"
+                else None,
             )
         )
     done = {r.key for r in runs if r.status == "ok"}

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from servers import contract
 
 __all__ = [
+    "BARE_LF",
+    "LINE_TOO_LONG",
     "MAX_HEADER_COUNT",
     "MAX_HEAD_BYTES",
     "MAX_REMEMBERED_HEAD_BYTES",
@@ -95,6 +97,12 @@ class AcceptedHeads(set):
         if len(self) >= self.capacity:
             self.clear()
         self.add(key)
+
+
+LINE_TOO_LONG = Rejection(414, f"request line longer than {MAX_REQUEST_LINE_BYTES} bytes")
+# RFC 9112 section 2.2 lets a recipient take a bare LF for a line's end; llhttp does not, and a
+# proxy that differs from the server on it can be smuggled through: refused everywhere.
+BARE_LF = Rejection(400, "a line ended by a bare LF (not CRLF)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +179,7 @@ def check_line(method_length: int, target_length: int) -> Rejection | None:
     """The request line's limit, from its method and target (for parsers that limit only
     the target, or a head still incomplete)."""
     if method_length + target_length + _LINE_OVERHEAD > MAX_REQUEST_LINE_BYTES:
-        return Rejection(414, f"request line longer than {MAX_REQUEST_LINE_BYTES} bytes")
+        return LINE_TOO_LONG
     return None
 
 
@@ -195,7 +203,13 @@ def check_unfolded_head(
     rejection, has_length = _check_fields(method.decode("ascii"), text_version, fields, big)
     if rejection is not None:
         return rejection
-    if has_length or len(received) > MAX_HEAD_BYTES or b"\n " in received or b"\n\t" in received:
+    if (
+        has_length
+        or len(received) > MAX_HEAD_BYTES
+        or b"\n " in received
+        or b"\n\t" in received
+        or received.count(b"\n") != received.count(b"\r\n")
+    ):
         return check_raw_head(raw_head())
     return None
 
@@ -209,10 +223,12 @@ def _check_transfer_coding(
         return Rejection(400, "Content-Length and Transfer-Encoding together")
     if version != "1.1":
         return Rejection(400, "Transfer-Encoding in an HTTP/1.0 request")
-    tokens = [
-        token.strip().lower() for value in codings for token in value.split(b",") if token.strip()
-    ]
-    if not tokens or tokens[-1] != b"chunked" or tokens.count(b"chunked") > 1:
+    tokens = [token.strip().lower() for value in codings for token in value.split(b",")]
+    # An empty member (`chunked,`) is legal list syntax that parsers read differently (pywsgi
+    # as no coding at all, h11 as unsupported): refused.
+    if b"" in tokens:
+        return Rejection(400, "an empty transfer coding")
+    if tokens[-1] != b"chunked" or tokens.count(b"chunked") > 1:
         return Rejection(400, "chunked must be the final transfer coding, once")
     if len(tokens) > 1:
         return Rejection(501, "only the chunked transfer coding is supported")
@@ -236,11 +252,13 @@ def check_raw_head(head: bytes) -> Rejection | None:
     and header lines, CRLFs included): an over-long request line, obsolete line folding."""
     line_end = head.find(b"\n")
     if line_end < 0 or line_end + 1 > MAX_REQUEST_LINE_BYTES:
-        return Rejection(414, f"request line longer than {MAX_REQUEST_LINE_BYTES} bytes")
+        return LINE_TOO_LONG
     if len(head) > MAX_HEAD_BYTES:
         return Rejection(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
     if b"\n " in head or b"\n\t" in head:
         return Rejection(400, "obsolete line folding (a header line starting with whitespace)")
+    if head.count(b"\n") != head.count(b"\r\n"):
+        return BARE_LF
     # h11 reads repeated lengths (`5, 5`, two fields of 5) as one, where the policy refuses.
     lowered = head.lower()
     at = lowered.find(b"\ncontent-length:")
@@ -260,7 +278,8 @@ def head_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
 
 # RFC 9110 section 5.6.2 (token), 5.5 (field-value: visible characters, SP, HTAB, obs-text).
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)")
+# The target: visible ASCII only (h11 and llhttp refuse bytes 0x80-0xFF there too).
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/(\d)\.(\d)")
 _FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
 
 
@@ -306,8 +325,9 @@ def verdict_on_raw(received: bytes) -> Rejection | None:
     if line_end + 1 > MAX_REQUEST_LINE_BYTES or (
         line_end < 0 and len(received) > MAX_REQUEST_LINE_BYTES
     ):
-        return Rejection(414, f"request line longer than {MAX_REQUEST_LINE_BYTES} bytes")
-    end = received.find(b"\r\n\r\n")
+        return LINE_TOO_LONG
+    ends = [at for at in (received.find(b"\r\n\r\n"), received.find(b"\n\n")) if at >= 0]
+    end = min(ends, default=-1)  # a bare LF may end a head too, for the parser to refuse
     if end < 0:
         if len(received) > MAX_HEAD_BYTES:
             return Rejection(431, f"request head larger than {MAX_HEAD_BYTES} bytes")

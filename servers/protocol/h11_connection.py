@@ -112,6 +112,7 @@ class ConnectionCore:
         # Set by a draining server: finish the request in hand, then close.
         self.closing = False
         self.peer_closed = False  # the client has closed its side
+        self.head_request = False  # the request in hand is a HEAD
 
     def run(self) -> Generator[Operation, object, None]:
         try:
@@ -153,6 +154,7 @@ class ConnectionCore:
         None when the client or a drain ends the connection."""
         # The head's raw bytes, for the byte-level checks h11 does not make: what h11 holds
         # already (a pipelined request), then what arrives until h11 has a whole head.
+        self.head_request = False
         raw = self.http.trailing_data[0]
         more: list[bytes] = []  # a head in several reads (rare: kept apart, joined once)
         try:
@@ -171,6 +173,7 @@ class ConnectionCore:
         self.waiting_for = None  # handling the request has no such limit
         if not isinstance(event, h11.Request):
             return None
+        self.head_request = event.method == b"HEAD"  # a refusal then has no body either
         if more:
             raw += b"".join(more)
         if len(raw) <= framing.MAX_REMEMBERED_HEAD_BYTES and raw in ACCEPTED_HEADS:
@@ -346,7 +349,7 @@ class ConnectionCore:
         if self.http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return False  # part of a response already went out: all that is left is to close
         try:
-            wire = self._wire(response, head=False)
+            wire = self._wire(response, head=self.head_request)
         except h11.LocalProtocolError:
             return False
         yield Send(wire)

@@ -15,16 +15,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loadtest.reporting.colours import COLOURS as REPORT_COLOURS
+from servers.contract import IMPLS
+
 HERE = Path(__file__).resolve().parent
 OUTPUT = HERE / "grafana" / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "stackbench-prometheus"}
-# One colour per server, the same on every panel of both dashboards.
-# The stack tier in full colours; the runtime tier (one h11 core on each runtime) in the
-# lighter shade of its runtime's colour (trio is in both tiers).
-COLOURS = {
-    "gevent": "green", "trio": "purple", "aiohttp": "blue",
-    "gevent-h11": "light-green", "asyncio-h11": "light-blue", "threads-h11": "red",
-}  # fmt: skip
+# One colour per server, the same on every panel of both dashboards as in the report's charts.
+COLOURS = {impl: colour for impl, colour in REPORT_COLOURS.items() if impl in IMPLS}
 RATE = "$__rate_interval"
 
 

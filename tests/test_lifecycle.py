@@ -27,7 +27,9 @@ def _stackbench(*args: str) -> subprocess.CompletedProcess:
 def _refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # Reset: the connection sat in the backlog when the listener closed. Not accepted
+        # either way (a race the CI run of 2c63a26 hit once on asyncio-h11).
         return True
     return False
 

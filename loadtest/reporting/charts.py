@@ -20,6 +20,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure as PlotFigure
 
 from loadtest.records import Figure
+from loadtest.reporting.colours import COLOURS, OTHER_COLOUR
 
 __all__ = [
     "COLOURS",
@@ -31,20 +32,6 @@ __all__ = [
     "scatter_with_fits",
 ]
 
-COLOURS = {
-    "gevent": "#2ca02c",
-    "trio": "#9467bd",
-    "aiohttp": "#1f77b4",
-    "asyncio": "#1f77b4",
-    "uvloop": "#17becf",
-    "thread": "#d62728",
-    # The runtime tier: the same runtime's colour, lighter (trio is in both tiers).
-    "gevent-h11": "#98df8a",
-    "asyncio-h11": "#aec7e8",
-    "threads-h11": "#ff9896",
-    "go": "#555555",
-}
-OTHER_COLOUR = "#7f7f7f"
 WIDTH_IN, HEIGHT_IN = 5.8, 3.6  # at 96 px per inch: two charts side by side in the page
 
 plt.rcParams.update({

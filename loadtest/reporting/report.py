@@ -11,7 +11,7 @@ from loadtest.driver.scenarios import BLOCKING_MS, SCENARIOS
 from loadtest.histograms import RELATIVE_ERROR
 from loadtest.records import Figure, Results, ScenarioRun, spec_name
 from loadtest.reporting import charts
-from loadtest.reporting.charts import COLOURS, OTHER_COLOUR
+from loadtest.reporting.colours import COLOURS, OTHER_COLOUR
 from loadtest.reporting.figures import FIGURES, MEMORY_DISAGREEMENT
 from loadtest.reporting.formatting import number
 from loadtest.reporting.verdict import verdict

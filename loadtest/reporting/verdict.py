@@ -11,7 +11,7 @@ row says so and what to run instead.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qs
 
 from loadtest.driver.scenarios import SCENARIOS
@@ -141,6 +141,29 @@ def _value(figure: Figure, claim: Claim) -> str:
     return f"{number(figure.median * claim.scale, error)} {claim.unit}"
 
 
+# Figures that complete a claim's reading without deciding it: (claim, figure, what it is).
+ALSO = {
+    "colouring": ("offload_overhead_ms", "Offloading the call to a thread costs", "per call"),
+    "starvation": ("starvation_lag_p99_ms", "Scheduler lag p99 meanwhile, at most:", ""),
+}
+
+
+def _also(claim: Claim, headline: dict[str, ServerHeadline]) -> str:
+    if claim.key not in ALSO:
+        return ""
+    name, lead, tail = ALSO[claim.key]
+    measured = {
+        server: figure
+        for server, figures in headline.items()
+        if (figure := figures.figures.get(name)) is not None
+    }
+    # In the order of the figures, as every sentence here is: swapping two servers' figures
+    # swaps their names.
+    ranked = sorted(measured, key=lambda server: (measured[server].median, server))
+    parts = [f"{server} {number(measured[server].median)} ms" for server in ranked]
+    return f" {lead} {', '.join(parts)}{' ' + tail if tail else ''}." if parts else ""
+
+
 def _row(claim: Claim, headline: dict[str, ServerHeadline]) -> Row:
     measured = {
         server: figure
@@ -259,4 +282,8 @@ def _c_boundary_row(headline: dict[str, ServerHeadline]) -> Row:
 
 def verdict(headline: dict[str, ServerHeadline]) -> list[Row]:
     """One row per claim, in the order of CLAIMS, then the C boundary's."""
-    return [_row(claim, headline) for claim in CLAIMS] + [_c_boundary_row(headline)]
+    rows = [
+        replace(row, reading=row.reading + _also(claim, headline))
+        for claim, row in zip(CLAIMS, (_row(claim, headline) for claim in CLAIMS), strict=True)
+    ]
+    return [*rows, _c_boundary_row(headline)]

@@ -15,7 +15,6 @@ import asyncio
 import platform
 import signal
 import socket
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from servers.lifecycle import (
     ServeOptions,
     announce,
     bind,
+    log_refusal,
     overloaded_response,
     response_headers,
     stream_headers,
@@ -97,12 +97,7 @@ class AiohttpApp:
         """Answer a request the framing policy refuses, count it, log it in one line; the
         connection closes after the response."""
         started = self.telemetry.request_started()
-        print(
-            f"stackbench {IMPL}: refused {rejection.status} from {request.remote}: "
-            f"{rejection.message}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log_refusal(IMPL, rejection, request.remote)
         answer = _web_response(rejection.response())
         answer.force_close()
         self.telemetry.request_finished(contract.OTHER_ROUTE, "other", rejection.status, started)

@@ -14,7 +14,6 @@ monkey.patch_all()
 import contextlib
 import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator
 
@@ -38,6 +37,7 @@ from servers.lifecycle import (
     ServeOptions,
     announce,
     bind,
+    log_refusal,
     overloaded_response,
     reason,
     response_headers,
@@ -211,12 +211,7 @@ class Handler(pywsgi.WSGIHandler):
         close without a reset: half-close, then read what the client still sends (a refused
         body) for a moment, so that the response reaches it."""
         started = Handler.telemetry.request_started()
-        print(
-            f"stackbench {IMPL}: refused {rejection.status} from {self.client_address[0]}: "
-            f"{rejection.message}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log_refusal(IMPL, rejection, self.client_address[0])
         status = CLIENT_CLOSED_STATUS
         with contextlib.suppress(OSError, gevent.Timeout):
             self.socket.sendall(wire_response(IMPL, rejection.response()))

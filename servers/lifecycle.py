@@ -7,12 +7,14 @@ import contextlib
 import errno
 import functools
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 
 from servers.contract import IMPL_HEADER, JSON, TEXT, Response, error
+from servers.protocol.framing import Rejection
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -81,6 +83,17 @@ def announce(impl: str, sock: socket.socket) -> None:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"stackbench {impl} listening on http://{shown}:{port}", flush=True)
+
+
+def log_refusal(impl: str, rejection: Rejection, peer: str | None = None) -> None:
+    """One line on stderr for a request the framing policy refused (never a traceback: a
+    client's mistake is routine)."""
+    source = f" from {peer}" if peer else ""
+    print(
+        f"stackbench {impl}: refused {rejection.status}{source}: {rejection.message}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def set_nodelay(sock: socket.socket) -> None:

@@ -114,7 +114,6 @@ class Head:
     version: str
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # names lower-cased
     content_length: int | None = None
-    chunked: bool = False
 
 
 def check_request(
@@ -311,10 +310,9 @@ def parse_head(head: bytes) -> Head:
     if rejection is not None:
         raise rejection
     lengths = [value for name, value in headers if name == b"content-length"]
-    chunked = any(name == b"transfer-encoding" for name, _ in headers)
     length = _content_length(lengths) if lengths else None
     assert not isinstance(length, Rejection)  # check_request refused those
-    return Head(method.decode("ascii"), target.decode("latin-1"), version, headers, length, chunked)
+    return Head(method.decode("ascii"), target.decode("latin-1"), version, headers, length)
 
 
 def verdict_on_raw(received: bytes) -> Rejection | None:

@@ -37,7 +37,7 @@ from servers.contract import (
     Sleep,
     Stream,
 )
-from servers.lifecycle import reason, response_headers, stream_headers
+from servers.lifecycle import log_refusal, reason, response_headers, stream_headers
 from servers.protocol import framing
 from servers.protocol.framing import Rejection
 from servers.protocol.policy import Waiting
@@ -329,8 +329,7 @@ class ConnectionCore:
     def _refuse(self, rejection: Rejection) -> Generator[Operation, object, None]:
         """Answer a request the framing policy refuses, count it, log it in one line, close."""
         started = self.telemetry.request_started()
-        print(f"stackbench {self.impl}: refused {rejection.status}: {rejection.message}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        log_refusal(self.impl, rejection)
         status = CLIENT_CLOSED_STATUS
         try:
             if (yield from self._send_response(rejection.response())):

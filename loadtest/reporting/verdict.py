@@ -19,7 +19,7 @@ from loadtest.records import Figure, ServerHeadline
 from loadtest.reporting.formatting import number
 from servers.contract import IMPLS, RUNTIMES
 
-__all__ = ["CLAIMS", "C_BOUNDARY", "Claim", "Row", "verdict"]
+__all__ = ["ALSO", "CLAIMS", "C_BOUNDARY", "Claim", "Row", "verdict"]
 
 # Stackful: each task has its own stack (greenlets; OS threads). Stackless: a coroutine object
 # per task, resumed by an event loop (trio, asyncio).
@@ -33,7 +33,7 @@ PER_CHILD = "fanout:per_child"
 class Claim:
     key: str
     claim: str
-    figure: str  # a headline figure's name, or "cpu:<scenario>"
+    figure: str  # a headline figure's name, "cpu:<scenario>", or PER_CHILD
     unit: str
     scale: float
     scenario: str  # the scenario that measures it (what to run when it is missing)
@@ -45,10 +45,6 @@ class Claim:
 
 def _stackful(server: str) -> bool:
     return RUNTIMES.get(server) in STACKFUL_RUNTIMES
-
-
-def _stackless(server: str) -> bool:
-    return not _stackful(server)
 
 
 def _cooperative(server: str) -> bool:
@@ -141,7 +137,8 @@ def _value(figure: Figure, claim: Claim) -> str:
     return f"{number(figure.median * claim.scale, error)} {claim.unit}"
 
 
-# Figures that complete a claim's reading without deciding it: (claim, figure, what it is).
+# Figures that complete a claim's reading without deciding it:
+# claim key -> (figure name, the words before the list, the words after it).
 ALSO = {
     "colouring": ("offload_overhead_ms", "Offloading the call to a thread costs", "per call"),
     "starvation": ("starvation_lag_p99_ms", "Scheduler lag p99 meanwhile, at most:", ""),
@@ -182,7 +179,8 @@ def _row(claim: Claim, headline: dict[str, ServerHeadline]) -> Row:
     lower = {s: f for s, f in measured.items() if not claim.higher(s)}
     ranked = sorted(measured, key=lambda s: measured[s].median)
     least, most = ranked[0], ranked[-1]
-    ratio = measured[most].median / measured[least].median if measured[least].median else None
+    # A ratio only between positive figures (CPU per child, a difference, can come out <= 0).
+    ratio = measured[most].median / measured[least].median if measured[least].median > 0 else None
     order = (
         f"{most} measured the most, {_value(measured[most], claim)}"
         + (

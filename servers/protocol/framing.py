@@ -194,7 +194,8 @@ def check_unfolded_head(
     and merges repeated Content-Length values where the policy refuses both. `received`:
     the bytes h11 parsed it from, from the head's first byte (more may follow: a body, the
     next request); `raw_head()`: exactly the head, computed only when needed (a head with a
-    length, or a fold-like byte pair anywhere in `received`, or a large one)."""
+    length; a fold-like byte pair or a bare LF anywhere in `received`; a large one)."""
+    # check_line's test inline: on every request a call costs more than the test.
     if len(method) + len(target) + _LINE_OVERHEAD > MAX_REQUEST_LINE_BYTES:
         return check_line(len(method), len(target))
     text_version = _VERSION_TEXT.get(version) or version.decode("ascii")
@@ -248,7 +249,8 @@ def _content_length(lengths: list[bytes]) -> int | Rejection:
 
 def check_raw_head(head: bytes) -> Rejection | None:
     """What a lenient parser lets through at the byte level of a complete head (request line
-    and header lines, CRLFs included): an over-long request line, obsolete line folding."""
+    and header lines, CRLFs included): an over-long request line or head, obsolete line
+    folding, a bare LF, a repeated or listed Content-Length."""
     line_end = head.find(b"\n")
     if line_end < 0 or line_end + 1 > MAX_REQUEST_LINE_BYTES:
         return LINE_TOO_LONG

@@ -11,7 +11,6 @@ from gevent import monkey
 monkey.patch_all()
 
 # ruff: noqa: E402  (the imports below must see the patched socket, time and threading)
-import contextlib
 import signal
 import socket
 import time
@@ -47,7 +46,12 @@ from servers.lifecycle import (
 )
 from servers.protocol import framing, policy
 from servers.protocol.framing import Rejection
-from servers.runtime.gevent_calls import call_blocking, monitor_lag, size_thread_pool
+from servers.runtime.gevent_calls import (
+    answer_and_close,
+    call_blocking,
+    monitor_lag,
+    size_thread_pool,
+)
 from servers.telemetry import (
     CLIENT_CLOSED_STATUS,
     ServerInfo,
@@ -92,14 +96,7 @@ class Handler(pywsgi.WSGIHandler):
         # The pool holds this connection's greenlet already: the others are one fewer.
         if policy.should_shed(len(Handler.connections) - 1, Handler.options):
             Handler.telemetry.connection_rejected()
-            with contextlib.suppress(OSError, gevent.Timeout):
-                self.socket.sendall(overloaded_response(IMPL))
-                # Half-close, then read what the client sent: closing with unread input would
-                # send a reset that can destroy the 503 before the client reads it.
-                self.socket.shutdown(socket.SHUT_WR)
-                with gevent.Timeout(policy.SHED_LINGER_S):
-                    while self.socket.recv(65536):
-                        pass
+            answer_and_close(self.socket, overloaded_response(IMPL), policy.SHED_LINGER_S)
             return  # the server closes the socket when this returns
         self.greenlet = gevent.getcurrent()
         Handler.live.add(self)
@@ -208,18 +205,13 @@ class Handler(pywsgi.WSGIHandler):
 
     def _refuse(self, rejection: Rejection) -> None:
         """Answer a request the framing policy refuses, count it, log it in one line, and
-        close without a reset: half-close, then read what the client still sends (a refused
-        body) for a moment, so that the response reaches it."""
+        close without a reset."""
         started = Handler.telemetry.request_started()
         log_refusal(IMPL, rejection, self.client_address[0])
-        status = CLIENT_CLOSED_STATUS
-        with contextlib.suppress(OSError, gevent.Timeout):
-            self.socket.sendall(wire_response(IMPL, rejection.response()))
-            status = rejection.status
-            self.socket.shutdown(socket.SHUT_WR)
-            with gevent.Timeout(policy.REFUSED_BODY_LINGER_S):
-                while self.socket.recv(65536):
-                    pass
+        sent = answer_and_close(
+            self.socket, wire_response(IMPL, rejection.response()), policy.REFUSED_BODY_LINGER_S
+        )
+        status = rejection.status if sent else CLIENT_CLOSED_STATUS
         Handler.telemetry.request_finished(contract.OTHER_ROUTE, "other", status, started)
 
     def process_result(self) -> None:

@@ -1,9 +1,11 @@
 """What both gevent servers (gevent.pywsgi and gevent-h11) do the same gevent way: call a
-blocking library, watch the hub's lag. Imported only in a process that gevent has
-monkey-patched."""
+blocking library, watch the hub's lag, answer and close without a reset. Imported only in a
+process that gevent has monkey-patched."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 
 import gevent
@@ -12,7 +14,22 @@ from servers import contract
 from servers.contract import Blocking, legacy_blocking_call
 from servers.telemetry import LAG_INTERVAL_S, Telemetry, lag_after
 
-__all__ = ["call_blocking", "monitor_lag", "size_thread_pool"]
+__all__ = ["answer_and_close", "call_blocking", "monitor_lag", "size_thread_pool"]
+
+
+def answer_and_close(sock: socket.socket, response: bytes, linger_s: float) -> bool:
+    """Send a last response, half-close, then read what the client still sends for at most
+    `linger_s`: closing with unread input would send a reset that can destroy the response
+    before the client reads it. Whether the response went out; the caller closes the socket."""
+    sent = False
+    with contextlib.suppress(OSError, gevent.Timeout):
+        sock.sendall(response)
+        sent = True
+        sock.shutdown(socket.SHUT_WR)
+        with gevent.Timeout(linger_s):
+            while sock.recv(65536):
+                pass
+    return sent
 
 
 def size_thread_pool() -> None:

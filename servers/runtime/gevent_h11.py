@@ -32,7 +32,12 @@ from servers.lifecycle import (  # noqa: E402
 from servers.protocol import policy  # noqa: E402
 from servers.protocol.drive import drive  # noqa: E402
 from servers.protocol.h11_connection import NOT_GONE, ConnectionCore, Pause, Watched  # noqa: E402
-from servers.runtime.gevent_calls import call_blocking, monitor_lag, size_thread_pool  # noqa: E402
+from servers.runtime.gevent_calls import (  # noqa: E402
+    answer_and_close,
+    call_blocking,
+    monitor_lag,
+    size_thread_pool,
+)
 from servers.telemetry import (  # noqa: E402
     ServerInfo,
     Telemetry,
@@ -78,14 +83,7 @@ class GeventH11Server:
 
     def _shed(self, sock: socket.socket) -> None:
         self.telemetry.connection_rejected()
-        with contextlib.suppress(OSError, gevent.Timeout):
-            sock.sendall(overloaded_response(IMPL))
-            # Half-close, then read what the client sent: closing with unread input would send
-            # a reset that can destroy the 503 before the client reads it.
-            sock.shutdown(socket.SHUT_WR)
-            with gevent.Timeout(policy.SHED_LINGER_S):
-                while sock.recv(RECEIVE_BYTES):
-                    pass
+        answer_and_close(sock, overloaded_response(IMPL), policy.SHED_LINGER_S)
 
     def _drive(self, core: ConnectionCore, sock: socket.socket) -> None:
         drive(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from servers.protocol.h11_connection import ConnectionCore, Receive, Send, SendEOF, Wait, Watched
+from servers.protocol.h11_connection import RECEIVE, SEND_EOF, ConnectionCore, Wait, Watched
 
 __all__ = ["drive", "drive_async"]
 
@@ -25,19 +25,22 @@ def drive(
     timeout thrown in) ends it quietly; a request cut short is recorded as the client's."""
     steps = core.run()
     result: object = None
+    # Identity and type tests, most frequent first, rather than `match`: this loop runs for
+    # every operation of every request.
     try:
         while True:
-            match steps.send(result):
-                case Receive():
-                    result = receive()
-                case Send(data=data):
-                    send(data)
-                    result = None
-                case SendEOF():
-                    send_eof()
-                    result = None
-                case Wait(work=work):
-                    result = wait(work)
+            operation = steps.send(result)
+            if type(operation) is bytes:
+                send(operation)
+                result = None
+            elif operation is RECEIVE:
+                result = receive()
+            elif operation is SEND_EOF:
+                send_eof()
+                result = None
+            else:
+                assert type(operation) is Wait
+                result = wait(operation.work)
     except StopIteration:
         return
     except ends:
@@ -60,17 +63,18 @@ async def drive_async(
     result: object = None
     try:
         while True:
-            match steps.send(result):
-                case Receive():
-                    result = await receive()
-                case Send(data=data):
-                    await send(data)
-                    result = None
-                case SendEOF():
-                    await send_eof()
-                    result = None
-                case Wait(work=work):
-                    result = await wait(work)
+            operation = steps.send(result)
+            if type(operation) is bytes:
+                await send(operation)
+                result = None
+            elif operation is RECEIVE:
+                result = await receive()
+            elif operation is SEND_EOF:
+                await send_eof()
+                result = None
+            else:
+                assert type(operation) is Wait
+                result = await wait(operation.work)
     except StopIteration:
         return
     except ends:

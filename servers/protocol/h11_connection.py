@@ -5,11 +5,15 @@ The runtime tier (trio, gevent-h11, asyncio-h11, threads-h11) serves every conne
 one state machine, so those servers differ only in how they wait, read, write, spawn and
 cancel. `ConnectionCore.run()` is a generator that yields what it needs done:
 
-    Receive()   read some bytes (b"" at end of file); send back what was read
-    Send(data)  write these bytes
-    SendEOF()   half-close: the server will write nothing more (reads go on)
+    RECEIVE     read some bytes (b"" at end of file); send back what was read
+    bytes       write them
+    SEND_EOF    half-close: the server will write nothing more (reads go on)
     Wait(work)  carry out a plan's waiting (sleep, fan out, call a blocking library, pause a
                 stream) while watching the socket; send back a `Watched`
+
+(Plain bytes and two constants rather than an object per operation: a `GET /` asks for two
+operations, and on this interpreter making and matching an object costs as much as a tenth of
+what the bare h11 loop spends on the whole request.)
 
 and each runtime drives it with its own I/O (`await` in trio and asyncio, plain calls in gevent
 and threads). While it waits to read, `waiting_for` and `waiting_since` say for what and since
@@ -43,22 +47,30 @@ from servers.protocol.framing import Rejection
 from servers.protocol.policy import Waiting
 from servers.telemetry import CLIENT_CLOSED_STATUS, Telemetry
 
-__all__ = ["ConnectionCore", "Pause", "Receive", "Send", "SendEOF", "Wait", "Watched"]
+__all__ = [
+    "RECEIVE",
+    "SEND_EOF",
+    "ConnectionCore",
+    "Pause",
+    "Receive",
+    "SendEOF",
+    "Wait",
+    "Watched",
+]
 
 
-@dataclass(frozen=True, slots=True)
 class Receive:
-    """Read what the client sent next (b"" when it closed its side)."""
+    """Read what the client sent next (b"" when it closed its side). Its one instance is
+    RECEIVE."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class SendEOF:
-    """Shut the connection's writing side: the client reads end-of-file after the response."""
+    """Shut the connection's writing side: the client reads end-of-file after the response.
+    Its one instance is SEND_EOF."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +100,49 @@ class Watched:
 NOT_GONE = Watched()
 RECEIVE = Receive()
 SEND_EOF = SendEOF()
-Operation = Receive | Send | SendEOF | Wait
+Operation = Receive | bytes | SendEOF | Wait
 
 
 # Per process (every connection of a server sees the same load generator's heads).
 ACCEPTED_HEADS = framing.AcceptedHeads()
+
+
+class _ResponseEvents:
+    """h11 `Response` events by response head, made again when the Date changes (once a
+    second). h11 validates every header of every event it is given; the heads a server sends
+    are few (the constant routes, the errors), and validating the same five headers again for
+    each `GET /` cost ~45k instructions, a tenth of the whole request."""
+
+    LIMIT = 256  # distinct heads kept per second (Content-Length varies with /echo's body)
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.events: dict[tuple[object, ...], h11.Response] = {}
+
+    def event(self, impl: str, response: Response) -> h11.Response:
+        if (now := int(time.time())) != self.second:
+            self.second, self.events = now, {}
+        key = (
+            impl,
+            response.status,
+            response.content_type,
+            len(response.body),
+            response.headers,
+            response.close_connection,
+        )
+        event = self.events.get(key)
+        if event is None:
+            event = h11.Response(
+                status_code=response.status,
+                headers=response_headers(impl, response),
+                reason=reason(response.status),
+            )
+            if len(self.events) < self.LIMIT:
+                self.events[key] = event
+        return event
+
+
+_RESPONSE_EVENTS = _ResponseEvents()
 
 
 class ClientGone(Exception):
@@ -198,22 +248,13 @@ class ConnectionCore:
                 return event
             yield from self._receive(waiting)
 
-    def _discard_body(self) -> Generator[Operation, object, None]:
-        """Read past a body that a route does not use (none, almost always)."""
-        if self.http.they_are_waiting_for_100_continue:
-            return  # never asked for: the connection closes after the response
-        event = self.http.next_event()
-        if type(event) is h11.EndOfMessage:
-            return  # no body: the common case, without a generator
-        yield from self._read_body(contract.MAX_BODY_BYTES, keep=False, first=event)
-
     def _read_body(
         self, limit: int, keep: bool = True, first: h11.Event | type[h11.NEED_DATA] | None = None
     ) -> Generator[Operation, object, bytes | None]:
         """The request body, or None once it exceeds `limit` (the rest is left unread and the
         connection closes after the response). `first`: an event already taken from h11."""
         if self.http.they_are_waiting_for_100_continue:
-            yield Send(self.http.send(h11.InformationalResponse(status_code=100, headers=[])))
+            yield self.http.send(h11.InformationalResponse(status_code=100, headers=[]))
         chunks: list[bytes] = []
         size = 0
         try:
@@ -246,11 +287,19 @@ class ConnectionCore:
         status = CLIENT_CLOSED_STATUS  # stays so if the client leaves first
         try:
             try:
-                if isinstance(plan, Echo):
+                if type(plan) is Echo:
                     response = yield from self._echo(request)
                 else:
-                    yield from self._discard_body()
-                    response = yield from self._execute(plan, head)
+                    # Inline, not in a generator: most requests have no body and a fixed
+                    # reply, and a generator per step costs ~2k instructions.
+                    if self.http.they_are_waiting_for_100_continue:
+                        pass  # never asked for: the connection closes after the response
+                    elif type(event := self.http.next_event()) is not h11.EndOfMessage:
+                        yield from self._read_body(contract.MAX_BODY_BYTES, keep=False, first=event)
+                    if type(plan) is Reply:
+                        response = plan.response
+                    else:
+                        response = yield from self._execute(plan, head)
             except h11.RemoteProtocolError:
                 if self.peer_closed:
                     raise ClientGone from None  # it left mid-body
@@ -258,7 +307,7 @@ class ConnectionCore:
             if response is None:
                 status = 200  # streamed
             else:
-                yield Send(self._wire(response, head))
+                yield self._wire(response, head)
                 status = response.status
         finally:
             self.telemetry.request_finished(route, method, status, started)
@@ -288,7 +337,7 @@ class ConnectionCore:
             raise ClientGone
 
     def _stream(self, plan: Stream, head: bool) -> Generator[Operation, object, None]:
-        yield Send(
+        yield (
             self.http.send(
                 h11.Response(status_code=200, headers=stream_headers(self.impl), reason=reason(200))
             )
@@ -297,8 +346,8 @@ class ConnectionCore:
             for index in range(plan.chunks):
                 if index:
                     yield from self._wait(Pause(plan.ms))
-                yield Send(self.http.send(h11.Data(data=plan.chunk(index))))
-        yield Send(self.http.send(h11.EndOfMessage()))
+                yield self.http.send(h11.Data(data=plan.chunk(index)))
+        yield self.http.send(h11.EndOfMessage())
 
     def _echo(self, request: h11.Request) -> Generator[Operation, object, Response]:
         headers = dict(request.headers)
@@ -315,13 +364,7 @@ class ConnectionCore:
 
     def _wire(self, response: Response, head: bool) -> bytes:
         """The whole response in one buffer: head and body leave in one write."""
-        wire = self.http.send(
-            h11.Response(
-                status_code=response.status,
-                headers=response_headers(self.impl, response),
-                reason=reason(response.status),
-            )
-        )
+        wire = self.http.send(_RESPONSE_EVENTS.event(self.impl, response))
         if not head and response.body:
             wire += self.http.send(h11.Data(data=response.body))
         return wire + self.http.send(h11.EndOfMessage())
@@ -351,7 +394,7 @@ class ConnectionCore:
             wire = self._wire(response, head=self.head_request)
         except h11.LocalProtocolError:
             return False
-        yield Send(wire)
+        yield wire
         return True
 
     def _linger(self) -> Generator[Operation, object, None]:

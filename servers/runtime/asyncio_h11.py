@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import platform
 import signal
 import socket
@@ -109,7 +110,7 @@ class _Connection:
     async def run(self) -> None:
         await drive_async(
             self.core,
-            receive=lambda: self.reader.read(RECEIVE_BYTES),
+            receive=functools.partial(self.reader.read, RECEIVE_BYTES),
             send=self._send,
             wait=self._wait,
             send_eof=self._send_eof,

@@ -10,6 +10,7 @@ from gevent import monkey
 monkey.patch_all()  # before anything else imports socket, time or threading
 
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
@@ -88,7 +89,7 @@ class GeventH11Server:
     def _drive(self, core: ConnectionCore, sock: socket.socket) -> None:
         drive(
             core,
-            receive=lambda: sock.recv(RECEIVE_BYTES),
+            receive=functools.partial(sock.recv, RECEIVE_BYTES),
             send=sock.sendall,
             wait=lambda work: self._wait(work, sock),
             send_eof=lambda: sock.shutdown(socket.SHUT_WR),

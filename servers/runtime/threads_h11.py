@@ -10,6 +10,7 @@ the pages it touches count in RSS).
 from __future__ import annotations
 
 import contextlib
+import functools
 import select
 import signal
 import socket
@@ -76,7 +77,7 @@ class ThreadsH11Server:
     def _drive(self, core: ConnectionCore, sock: socket.socket) -> None:
         drive(
             core,
-            receive=lambda: sock.recv(RECEIVE_BYTES),
+            receive=functools.partial(sock.recv, RECEIVE_BYTES),
             send=sock.sendall,
             wait=lambda work: self._wait(work, sock),
             send_eof=lambda: sock.shutdown(socket.SHUT_WR),

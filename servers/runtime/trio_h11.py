@@ -11,6 +11,7 @@ loop, so a hypercorn row would measure hypercorn, not trio.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import socket
 import time
@@ -102,7 +103,7 @@ class _Connection:
         with self.timed_out:
             await drive_async(
                 self.core,
-                receive=lambda: self.stream.receive_some(RECEIVE_BYTES),
+                receive=functools.partial(self.stream.receive_some, RECEIVE_BYTES),
                 send=self.stream.send_all,
                 wait=self._wait,
                 send_eof=self.stream.send_eof,

@@ -179,6 +179,7 @@ def serve(options: ServeOptions) -> None:
     telemetry = make_telemetry(
         ServerInfo(IMPL, "threads", "python " + _python(), f"h11 {h11.__version__}"),
         options.metrics,
+        threads=True,
     )
     server = ThreadsH11Server(telemetry, options)
     listener = bind(options)

@@ -139,6 +139,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="aiohttp only: let handlers run on after their client has gone (aiohttp's "
         "default; stackbench cancels them, as gevent and trio do)",
     )
+    serve.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="what GET /upstream calls: an http://host:port that answers /sleep?ms=N (any "
+        "stackbench server); without it /upstream answers 503",
+    )
+    serve.add_argument(
+        "--upstream-pool",
+        type=int,
+        default=100,
+        metavar="N",
+        help="keep-alive connections the server's HTTP client keeps to the upstream; calls "
+        "beyond them wait for one (default 100)",
+    )
+    serve.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="deadline of an /upstream request's calls, waiting for a pooled connection "
+        "included; past it the answer is 504 (default 10)",
+    )
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(
@@ -250,7 +272,16 @@ def _serve(args: argparse.Namespace) -> None:
     # Import the server first: gevent's must monkey-patch before the rest loads.
     server = importlib.import_module(SERVER_MODULES[args.impl])
     from servers.lifecycle import ServeError, ServeOptions
+    from servers.upstream import UpstreamConfig
 
+    upstream = None
+    if args.upstream is not None:
+        try:
+            upstream = UpstreamConfig.parse(
+                args.upstream, args.upstream_pool, args.upstream_timeout
+            )
+        except ValueError as exc:
+            _fail(str(exc))
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -261,6 +292,7 @@ def _serve(args: argparse.Namespace) -> None:
         max_connections=args.max_connections,
         uvloop=args.uvloop,
         cancel_on_disconnect=args.cancel_on_disconnect,
+        upstream=upstream,
     )
     try:
         server.serve(options)

@@ -33,6 +33,7 @@ from servers.contract import (
     Response,
     Sleep,
     Stream,
+    Upstream,
     legacy_blocking_call,
 )
 from servers.lifecycle import (
@@ -46,6 +47,7 @@ from servers.lifecycle import (
 )
 from servers.protocol import framing, policy
 from servers.protocol.framing import Rejection
+from servers.runtime.asyncio_calls import call_upstream
 from servers.telemetry import (
     CLIENT_CLOSED_STATUS,
     LAG_INTERVAL_S,
@@ -54,6 +56,8 @@ from servers.telemetry import (
     lag_after,
     make_telemetry,
 )
+from servers.upstream import aiohttp_client
+from servers.upstream.aiohttp_client import AiohttpUpstream
 
 IMPL = "aiohttp"
 
@@ -74,6 +78,7 @@ class AiohttpApp:
             contract.OFFLOAD_THREADS, thread_name_prefix="offload"
         )
         telemetry.count_tasks_with(count_live_tasks)
+        self.upstream: AiohttpUpstream | None = None  # made in the running loop, by _serve
 
     async def handle(self, request: _Request) -> web.StreamResponse:
         if request.rejection is not None:
@@ -121,6 +126,8 @@ class AiohttpApp:
                     for _ in range(plan.children):
                         children.create_task(asyncio.sleep(plan.ms / 1000))
                 return plan.response()
+            case Upstream():
+                return await call_upstream(self.upstream, plan)
             case Blocking(ms=ms, offload=True, kind=kind):
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self.offload_pool, legacy_blocking_call, ms, kind)
@@ -186,6 +193,7 @@ class _GuardedHandler(web_protocol.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._guard.telemetry.connection_accepted()
         # aiohttp has counted this connection already: the others are one fewer.
         if policy.should_shed(len(self._guard.server.connections) - 1, self._guard.options):
             self._guard.telemetry.connection_rejected()
@@ -381,10 +389,14 @@ async def _serve(sock: socket.socket, options: ServeOptions) -> None:
     else:
         runtime, runtime_version = "asyncio", platform.python_version()
     telemetry = make_telemetry(
-        ServerInfo(IMPL, runtime, runtime_version, f"aiohttp {aiohttp.__version__}"),
+        ServerInfo(
+            IMPL, runtime, runtime_version, f"aiohttp {aiohttp.__version__}", aiohttp_client.label()
+        ),
         options.metrics,
     )
     app = AiohttpApp(telemetry, options)
+    if options.upstream is not None:
+        app.upstream = AiohttpUpstream(options.upstream)
     # asyncio sets TCP_NODELAY on every TCP transport it creates, uvloop too.
     server = _GuardedServer(
         app,
@@ -406,6 +418,8 @@ async def _serve(sock: socket.socket, options: ServeOptions) -> None:
     if lag_monitor is not None:
         lag_monitor.cancel()
     app.offload_pool.shutdown(wait=False, cancel_futures=True)
+    if app.upstream is not None:
+        await app.upstream.aclose()
 
 
 def serve(options: ServeOptions) -> None:

@@ -34,6 +34,7 @@ RUNTIMES = {
 
 MAX_SLEEP_MS = 60_000
 MAX_FANOUT_CHILDREN = 1_000
+MAX_UPSTREAM_CALLS = 100
 MAX_CPU_ROUNDS = 1_000_000
 MAX_BLOCKING_MS = 10_000
 MAX_STREAM_CHUNKS = 1_000
@@ -59,6 +60,7 @@ ROUTE_METHODS: dict[str, tuple[str, ...]] = {
     "/stream": ("GET", "HEAD"),
     "/healthz": ("GET", "HEAD"),
     "/metrics": ("GET", "HEAD"),
+    "/upstream": ("GET", "HEAD"),
 }
 OTHER_ROUTE = "other"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -118,6 +120,23 @@ class Fanout:
 
     def response(self) -> Response:
         return json_response({"children": self.children, "slept_ms": self.ms})
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Make `calls` concurrent `GET {upstream}/sleep?ms={ms}` through the server's pooled HTTP
+    client, and answer once all have returned; structured as Fanout is (if the client goes
+    away, every call still running is cancelled). The faults are servers.upstream's."""
+
+    calls: int
+    ms: int
+
+    @property
+    def path(self) -> str:
+        return f"/sleep?ms={self.ms}"
+
+    def response(self, statuses: list[int]) -> Response:
+        return json_response({"calls": self.calls, "status": statuses})
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +200,7 @@ class Metrics:
     """Answer with the server's Prometheus exposition."""
 
 
-Plan = Reply | Sleep | Fanout | Blocking | Stream | Echo | Metrics
+Plan = Reply | Sleep | Fanout | Upstream | Blocking | Stream | Echo | Metrics
 
 
 # -- the synchronous "libraries" the routes call ----------------------------------------------
@@ -276,6 +295,10 @@ def _plan_route(route: str, params: _Params) -> Plan:
         case "/fanout":
             return Fanout(
                 params.int("n", 1, MAX_FANOUT_CHILDREN), params.int("ms", 0, MAX_SLEEP_MS)
+            )
+        case "/upstream":
+            return Upstream(
+                params.int("n", 1, MAX_UPSTREAM_CALLS), params.int("ms", 0, MAX_SLEEP_MS)
             )
         case "/cpu":
             rounds = params.int("n", 0, MAX_CPU_ROUNDS)

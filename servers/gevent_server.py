@@ -31,6 +31,7 @@ from servers.contract import (
     Response,
     Sleep,
     Stream,
+    Upstream,
 )
 from servers.lifecycle import (
     ServeOptions,
@@ -49,6 +50,7 @@ from servers.protocol.framing import Rejection
 from servers.runtime.gevent_calls import (
     answer_and_close,
     call_blocking,
+    call_upstream,
     monitor_lag,
     size_thread_pool,
 )
@@ -58,6 +60,8 @@ from servers.telemetry import (
     Telemetry,
     make_telemetry,
 )
+from servers.upstream import sync_client
+from servers.upstream.sync_client import SyncUpstream
 
 IMPL = "gevent"
 
@@ -93,6 +97,7 @@ class Handler(pywsgi.WSGIHandler):
 
     def handle(self) -> None:
         set_nodelay(self.socket)
+        Handler.telemetry.connection_accepted()
         # The pool holds this connection's greenlet already: the others are one fewer.
         if policy.should_shed(len(Handler.connections) - 1, Handler.options):
             Handler.telemetry.connection_rejected()
@@ -237,8 +242,14 @@ class App:
     """The WSGI application: routes through the shared contract, then does the waiting the plan
     asks for, the gevent way (plain calls that yield implicitly)."""
 
-    def __init__(self, telemetry: Telemetry, connections: gevent.pool.Pool) -> None:
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        connections: gevent.pool.Pool,
+        upstream: SyncUpstream | None = None,
+    ) -> None:
         self.telemetry = telemetry
+        self.upstream = upstream
         # Greenlets besides connection handlers (fan-out children, disconnect watchers, the lag
         # monitor): gevent has no cheap global greenlet count, so the server counts its own.
         self.spawned = gevent.pool.Group()
@@ -278,6 +289,9 @@ class App:
                     with self._cancelled_if_client_leaves(environ):
                         self._fanout(plan)
                     response = plan.response()
+                case Upstream():
+                    with self._cancelled_if_client_leaves(environ):
+                        response = call_upstream(self.upstream, plan, self.spawned)
                 case Blocking():
                     call_blocking(plan)
                     response = plan.response()
@@ -406,13 +420,20 @@ def serve(options: ServeOptions) -> None:
     size_thread_pool()
     listener = bind(options)
     telemetry = make_telemetry(
-        ServerInfo(IMPL, "gevent", gevent.__version__, f"gevent.pywsgi {gevent.__version__}"),
+        ServerInfo(
+            IMPL,
+            "gevent",
+            gevent.__version__,
+            f"gevent.pywsgi {gevent.__version__}",
+            sync_client.label(),
+        ),
         options.metrics,
     )
     connections = gevent.pool.Pool()
     Handler.options, Handler.telemetry, Handler.connections = options, telemetry, connections
     telemetry.limit_connections(options.max_connections)
-    app = App(telemetry, connections)
+    upstream = SyncUpstream(options.upstream) if options.upstream else None
+    app = App(telemetry, connections, upstream)
     server = pywsgi.WSGIServer(listener, app, spawn=connections, handler_class=Handler, log=None)
     app.spawned.spawn(_reap_slow_connections, options)
     if telemetry.enabled:
@@ -424,6 +445,8 @@ def serve(options: ServeOptions) -> None:
     announce(IMPL, listener)
     stopping.wait()
     _drain(server, connections, options.drain_timeout)
+    if upstream is not None:
+        upstream.close()
 
 
 def _drain(server: pywsgi.WSGIServer, connections: gevent.pool.Pool, timeout: float) -> None:

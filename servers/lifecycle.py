@@ -15,6 +15,7 @@ from http import HTTPStatus
 
 from servers.contract import IMPL_HEADER, JSON, TEXT, Response, error
 from servers.protocol.framing import Rejection
+from servers.upstream import UpstreamConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -45,6 +46,8 @@ class ServeOptions:
     # aiohttp only: keep running a handler whose client has gone (aiohttp's own default), to
     # measure what cancelling saves. gevent and trio always cancel.
     cancel_on_disconnect: bool = True
+    # What GET /upstream calls (None: it answers 503).
+    upstream: UpstreamConfig | None = None
 
 
 class ServeError(Exception):

@@ -61,6 +61,7 @@ class ServerInfo:
     runtime: str  # gevent | trio | asyncio | uvloop
     runtime_version: str
     http_stack: str  # e.g. "gevent.pywsgi 24.2.1", "h11 0.14.0", "aiohttp 3.9.5"
+    http_client: str = ""  # what /upstream calls through, e.g. "urllib3 2.2.1", "httpx 0.28.1"
 
 
 def lag_after(started: float) -> float:
@@ -155,6 +156,11 @@ class Telemetry:
             "Open connections allowed; past it new ones get a 503 and are closed.",
             registry=self.registry,
         )
+        self._accepted = Counter(
+            "http_server_connections",
+            "Client connections accepted since the server started (shed ones included).",
+            registry=self.registry,
+        )
         self._rejected = Counter(
             "http_server_rejected_connections",
             "Connections shed because the server was at its connection limit.",
@@ -175,6 +181,7 @@ class Telemetry:
                 "runtime": info.runtime,
                 "runtime_version": info.runtime_version,
                 "http_stack": info.http_stack,
+                "http_client": info.http_client,
                 "python_version": platform.python_version(),
             }
         )
@@ -191,6 +198,9 @@ class Telemetry:
 
     def connection_rejected(self) -> None:
         self._rejected.inc()
+
+    def connection_accepted(self) -> None:
+        self._accepted.inc()
 
     def request_started(self) -> float:
         self.active_requests += 1
@@ -257,6 +267,9 @@ class DisabledTelemetry(Telemetry):
         pass
 
     def connection_rejected(self) -> None:
+        pass
+
+    def connection_accepted(self) -> None:
         pass
 
     def request_started(self) -> float:

@@ -8,8 +8,9 @@ cancel. `ConnectionCore.run()` is a generator that yields what it needs done:
     RECEIVE     read some bytes (b"" at end of file); send back what was read
     bytes       write them
     SEND_EOF    half-close: the server will write nothing more (reads go on)
-    Wait(work)  carry out a plan's waiting (sleep, fan out, call a blocking library, pause a
-                stream) while watching the socket; send back a `Watched`
+    Wait(work)  carry out a plan's waiting (sleep, fan out, call the upstream, call a blocking
+                library, pause a stream) while watching the socket; send back a `Watched`
+                (for an Upstream, with the response in `outcome`)
 
 (Plain bytes and two constants rather than an object per operation: a `GET /` asks for two
 operations, and on this interpreter making and matching an object costs as much as a tenth of
@@ -40,6 +41,7 @@ from servers.contract import (
     Response,
     Sleep,
     Stream,
+    Upstream,
 )
 from servers.lifecycle import log_refusal, reason, response_headers, stream_headers
 from servers.protocol import framing
@@ -85,7 +87,7 @@ class Wait:
     """Carry out `work`, watching the socket meanwhile (except for a blocking call, which no
     runtime can interrupt): if the client leaves, cancel the work and report it gone."""
 
-    work: Sleep | Fanout | Blocking | Pause
+    work: Sleep | Fanout | Upstream | Blocking | Pause
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,7 @@ class Watched:
 
     client_gone: bool = False
     received: bytes = b""
+    outcome: Response | None = None  # what an Upstream's calls came to
 
 
 NOT_GONE = Watched()
@@ -323,18 +326,25 @@ class ConnectionCore:
             case Sleep() | Fanout() | Blocking():
                 yield from self._wait(plan)
                 return plan.response()
+            case Upstream():
+                watched = yield from self._wait(plan)
+                assert watched.outcome is not None, "the runtime made no upstream response"
+                return watched.outcome
             case Stream():
                 yield from self._stream(plan, head)
                 return None
         raise AssertionError(f"unhandled plan {plan!r}")  # pragma: no cover
 
-    def _wait(self, work: Sleep | Fanout | Blocking | Pause) -> Generator[Operation, object, None]:
+    def _wait(
+        self, work: Sleep | Fanout | Upstream | Blocking | Pause
+    ) -> Generator[Operation, object, Watched]:
         watched = yield Wait(work)
         assert isinstance(watched, Watched)
         if watched.received:
             self.http.receive_data(watched.received)  # kept for the next cycle
         if watched.client_gone:
             raise ClientGone
+        return watched
 
     def _stream(self, plan: Stream, head: bool) -> Generator[Operation, object, None]:
         yield (

@@ -20,12 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 import h11
 
 from servers import contract
-from servers.contract import Blocking, Fanout, Sleep, legacy_blocking_call
+from servers.contract import Blocking, Fanout, Response, Sleep, Upstream, legacy_blocking_call
 from servers.lifecycle import ServeOptions, announce, bind, overloaded_response, set_nodelay
 from servers.protocol import policy
 from servers.protocol.drive import drive_async
 from servers.protocol.h11_connection import NOT_GONE, ConnectionCore, Pause, Watched
+from servers.runtime.asyncio_calls import call_upstream
 from servers.telemetry import LAG_INTERVAL_S, ServerInfo, Telemetry, lag_after, make_telemetry
+from servers.upstream import httpx_client
+from servers.upstream.httpx_client import HttpxUpstream
 
 IMPL = "asyncio-h11"
 RECEIVE_BYTES = 64 * 1024
@@ -33,9 +36,12 @@ WRITE_BUFFER_HIGH = 64 * 1024  # past this, wait for the transport to drain
 
 
 class AsyncioH11Server:
-    def __init__(self, telemetry: Telemetry, options: ServeOptions) -> None:
+    def __init__(
+        self, telemetry: Telemetry, options: ServeOptions, upstream: HttpxUpstream | None = None
+    ) -> None:
         self.telemetry = telemetry
         self.options = options
+        self.upstream = upstream
         self.draining = False
         self.connections: dict[ConnectionCore, tuple[asyncio.StreamWriter, asyncio.Task]] = {}
         self.offload_pool = ThreadPoolExecutor(
@@ -48,6 +54,7 @@ class AsyncioH11Server:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         set_nodelay(writer.get_extra_info("socket"))
+        self.telemetry.connection_accepted()
         try:
             if policy.should_shed(len(self.connections), self.options):
                 await self._shed(reader, writer)
@@ -128,12 +135,14 @@ class _Connection:
         if self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
             await self.writer.drain()
 
-    async def _wait(self, work: Sleep | Fanout | Blocking | Pause) -> Watched:
+    async def _wait(self, work: Sleep | Fanout | Upstream | Blocking | Pause) -> Watched:
         match work:
             case Sleep(ms=ms) | Pause(ms=ms):
                 return await self._watching(lambda: asyncio.sleep(ms / 1000))
             case Fanout():
                 return await self._watching(lambda: _fanout(work))
+            case Upstream():
+                return await self._watching(lambda: call_upstream(self.server.upstream, work))
             case Blocking(ms=ms, offload=True, kind=kind):
                 loop = asyncio.get_running_loop()
                 pool = self.server.offload_pool
@@ -142,7 +151,7 @@ class _Connection:
                 legacy_blocking_call(ms, kind)  # inline: the event loop and every connection wait
         return NOT_GONE
 
-    async def _watching(self, work: Callable[[], Awaitable[object]]) -> Watched:
+    async def _watching(self, work: Callable[[], Awaitable[Response | None]]) -> Watched:
         """Run `work` while a sibling task reads the socket; if the client closes it, cancel
         the work (and every child task it started)."""
         watcher = asyncio.ensure_future(self.reader.read(RECEIVE_BYTES))
@@ -153,10 +162,9 @@ class _Connection:
                 data = b"" if watcher.exception() else watcher.result()
                 if not data:
                     return Watched(client_gone=True)
-                await worker
-                return Watched(received=data)
-            await worker
-            return NOT_GONE
+                return Watched(received=data, outcome=await worker)
+            outcome = await worker
+            return NOT_GONE if outcome is None else Watched(outcome=outcome)
         finally:
             for task in (watcher, worker):
                 if not task.done():
@@ -182,9 +190,11 @@ async def _monitor_lag(telemetry: Telemetry) -> None:
 
 async def _serve(sock: socket.socket, options: ServeOptions, runtime: str, version: str) -> None:
     telemetry = make_telemetry(
-        ServerInfo(IMPL, runtime, version, f"h11 {h11.__version__}"), options.metrics
+        ServerInfo(IMPL, runtime, version, f"h11 {h11.__version__}", httpx_client.label()),
+        options.metrics,
     )
-    server = AsyncioH11Server(telemetry, options)
+    upstream = HttpxUpstream(options.upstream) if options.upstream else None
+    server = AsyncioH11Server(telemetry, options, upstream)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -206,6 +216,8 @@ async def _serve(sock: socket.socket, options: ServeOptions, runtime: str, versi
     for task in background:
         task.cancel()
     server.offload_pool.shutdown(wait=False, cancel_futures=True)
+    if upstream is not None:
+        await upstream.aclose()
 
 
 def serve(options: ServeOptions) -> None:

@@ -1,6 +1,6 @@
 """What both gevent servers (gevent.pywsgi and gevent-h11) do the same gevent way: call a
-blocking library, watch the hub's lag, answer and close without a reset. Imported only in a
-process that gevent has monkey-patched."""
+blocking library, call the upstream, watch the hub's lag, answer and close without a reset.
+Imported only in a process that gevent has monkey-patched."""
 
 from __future__ import annotations
 
@@ -9,12 +9,21 @@ import socket
 import time
 
 import gevent
+import gevent.pool
 
 from servers import contract
-from servers.contract import Blocking, legacy_blocking_call
+from servers.contract import Blocking, Response, Upstream, legacy_blocking_call
 from servers.telemetry import LAG_INTERVAL_S, Telemetry, lag_after
+from servers.upstream import UpstreamFault, not_configured, too_slow
+from servers.upstream.sync_client import SyncUpstream
 
-__all__ = ["answer_and_close", "call_blocking", "monitor_lag", "size_thread_pool"]
+__all__ = [
+    "answer_and_close",
+    "call_blocking",
+    "call_upstream",
+    "monitor_lag",
+    "size_thread_pool",
+]
 
 
 def answer_and_close(sock: socket.socket, response: bytes, linger_s: float) -> bool:
@@ -46,6 +55,29 @@ def call_blocking(plan: Blocking) -> None:
         gevent.get_hub().threadpool.apply(legacy_blocking_call, (plan.ms, plan.kind))
     else:
         legacy_blocking_call(plan.ms, plan.kind)
+
+
+def call_upstream(
+    client: SyncUpstream | None, plan: Upstream, spawned: gevent.pool.Group
+) -> Response:
+    """`plan.calls` greenlets, each a plain blocking urllib3 call that monkey patching makes
+    cooperative; structured: if one fails, or this greenlet is killed because the client left,
+    every call still running is killed (urllib3 then drops its connection)."""
+    if client is None:
+        return not_configured()
+    calls = gevent.pool.Group()
+    try:
+        with gevent.Timeout(client.config.timeout, False):
+            started = [calls.spawn(client.call, plan.path) for _ in range(plan.calls)]
+            for call in started:
+                spawned.add(call)
+            calls.join(raise_error=True)
+            return plan.response([call.value for call in started])
+        return too_slow(client.config)
+    except UpstreamFault as fault:
+        return fault.response
+    finally:
+        calls.kill(block=True)
 
 
 def monitor_lag(telemetry: Telemetry) -> None:

@@ -22,7 +22,7 @@ import gevent.pool  # noqa: E402
 import h11  # noqa: E402
 from gevent.server import StreamServer  # noqa: E402
 
-from servers.contract import Blocking, Fanout, Sleep  # noqa: E402
+from servers.contract import Blocking, Fanout, Response, Sleep, Upstream  # noqa: E402
 from servers.lifecycle import (  # noqa: E402
     ServeOptions,
     announce,
@@ -36,6 +36,7 @@ from servers.protocol.h11_connection import NOT_GONE, ConnectionCore, Pause, Wat
 from servers.runtime.gevent_calls import (  # noqa: E402
     answer_and_close,
     call_blocking,
+    call_upstream,
     monitor_lag,
     size_thread_pool,
 )
@@ -44,6 +45,8 @@ from servers.telemetry import (  # noqa: E402
     Telemetry,
     make_telemetry,
 )
+from servers.upstream import sync_client  # noqa: E402
+from servers.upstream.sync_client import SyncUpstream  # noqa: E402
 
 IMPL = "gevent-h11"
 RECEIVE_BYTES = 64 * 1024
@@ -61,6 +64,7 @@ class GeventH11Server:
     def __init__(self, telemetry: Telemetry, options: ServeOptions) -> None:
         self.telemetry = telemetry
         self.options = options
+        self.upstream = SyncUpstream(options.upstream) if options.upstream else None
         self.draining = False
         self.connections: dict[ConnectionCore, tuple[socket.socket, gevent.Greenlet]] = {}
         # Greenlets besides connection handlers (fan-out children, watchers): counted as tasks.
@@ -71,6 +75,7 @@ class GeventH11Server:
 
     def handle(self, sock: socket.socket, _address: object) -> None:
         set_nodelay(sock)
+        self.telemetry.connection_accepted()
         if policy.should_shed(len(self.connections), self.options):
             self._shed(sock)
             return
@@ -96,12 +101,18 @@ class GeventH11Server:
             ends=(OSError, _TimedOut, _ClientLeft),  # _ClientLeft: a watcher's late throw
         )
 
-    def _wait(self, work: Sleep | Fanout | Blocking | Pause, sock: socket.socket) -> Watched:
+    def _wait(
+        self, work: Sleep | Fanout | Upstream | Blocking | Pause, sock: socket.socket
+    ) -> Watched:
         match work:
             case Sleep(ms=ms) | Pause(ms=ms):
                 return self._watching(sock, lambda: gevent.sleep(ms / 1000))
             case Fanout():
                 return self._watching(sock, lambda: self._fanout(work))
+            case Upstream():
+                return self._watching(
+                    sock, lambda: call_upstream(self.upstream, work, self.spawned)
+                )
             case Blocking():
                 call_blocking(work)
         return NOT_GONE
@@ -115,9 +126,10 @@ class GeventH11Server:
         finally:
             children.kill(block=True)  # a child failed or the client left: cancel the rest
 
-    def _watching(self, sock: socket.socket, work: Callable[[], None]) -> Watched:
+    def _watching(self, sock: socket.socket, work: Callable[[], Response | None]) -> Watched:
         """Run `work` while a watcher greenlet reads the socket; if the client closes it, the
-        watcher throws _ClientLeft into this greenlet, which cancels the work."""
+        watcher throws _ClientLeft into this greenlet, which cancels the work. What `work`
+        returns is the Watched's outcome."""
         request = gevent.getcurrent()
         seen: list[bytes] = []
         finished = False
@@ -133,7 +145,7 @@ class GeventH11Server:
 
         watcher = self.spawned.spawn(watch)
         try:
-            work()
+            outcome = work()
         except _ClientLeft:
             return Watched(client_gone=True)
         finally:
@@ -144,8 +156,8 @@ class GeventH11Server:
             with contextlib.suppress(AttributeError, TypeError):
                 watcher._exc_info[1].__traceback__ = None
         if not seen:
-            return NOT_GONE
-        return Watched(client_gone=not seen[0], received=seen[0])
+            return NOT_GONE if outcome is None else Watched(outcome=outcome)
+        return Watched(client_gone=not seen[0], received=seen[0], outcome=outcome)
 
     def reap_slow_connections(self) -> None:
         while True:
@@ -167,7 +179,10 @@ class GeventH11Server:
 def serve(options: ServeOptions) -> None:
     size_thread_pool()
     telemetry = make_telemetry(
-        ServerInfo(IMPL, "gevent", gevent.__version__, f"h11 {h11.__version__}"), options.metrics
+        ServerInfo(
+            IMPL, "gevent", gevent.__version__, f"h11 {h11.__version__}", sync_client.label()
+        ),
+        options.metrics,
     )
     server = GeventH11Server(telemetry, options)
     listener = StreamServer(bind(options), server.handle, spawn=gevent.pool.Pool())
@@ -186,3 +201,5 @@ def serve(options: ServeOptions) -> None:
     listener.pool.join(timeout=options.drain_timeout)
     listener.pool.kill(block=True, timeout=1)
     gevent.killall(background)
+    if server.upstream is not None:
+        server.upstream.close()

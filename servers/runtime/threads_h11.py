@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import select
 import signal
 import socket
@@ -19,12 +20,14 @@ import time
 
 import h11
 
-from servers.contract import Blocking, Fanout, Sleep, legacy_blocking_call
+from servers.contract import Blocking, Fanout, Response, Sleep, Upstream, legacy_blocking_call
 from servers.lifecycle import ServeOptions, announce, bind, overloaded_response, set_nodelay
 from servers.protocol import policy
 from servers.protocol.drive import drive
 from servers.protocol.h11_connection import NOT_GONE, ConnectionCore, Pause, Watched
 from servers.telemetry import LAG_INTERVAL_S, ServerInfo, Telemetry, lag_after, make_telemetry
+from servers.upstream import UpstreamFault, not_configured, sync_client, too_slow
+from servers.upstream.sync_client import CallGroup, SyncUpstream
 
 IMPL = "threads-h11"
 RECEIVE_BYTES = 64 * 1024
@@ -37,6 +40,7 @@ class ThreadsH11Server:
         self.options = options
         self.draining = False
         self.lock = threading.Lock()  # guards `connections` (threads preempt each other)
+        self.upstream = SyncUpstream(options.upstream) if options.upstream else None
         self.connections: dict[ConnectionCore, socket.socket] = {}
         telemetry.limit_connections(options.max_connections)
         telemetry.count_tasks_with(threading.active_count)
@@ -46,6 +50,7 @@ class ThreadsH11Server:
         sock, _ = listener.accept()
         sock.setblocking(True)
         set_nodelay(sock)
+        self.telemetry.connection_accepted()
         with self.lock:
             shed = policy.should_shed(len(self.connections), self.options)
         target = self._shed if shed else self._serve_connection
@@ -84,12 +89,18 @@ class ThreadsH11Server:
             ends=(OSError,),
         )
 
-    def _wait(self, work: Sleep | Fanout | Blocking | Pause, sock: socket.socket) -> Watched:
+    def _wait(
+        self, work: Sleep | Fanout | Upstream | Blocking | Pause, sock: socket.socket
+    ) -> Watched:
         match work:
             case Sleep(ms=ms) | Pause(ms=ms):
                 return _watching(sock, ms / 1000)
             case Fanout():
                 return _fanout(work, sock)
+            case Upstream():
+                if self.upstream is None:
+                    return Watched(outcome=not_configured())
+                return _call_upstream(self.upstream, work, sock)
             case Blocking(ms=ms, kind=kind):
                 legacy_blocking_call(ms, kind)  # offloaded or not: this thread is the offload
         return NOT_GONE
@@ -167,6 +178,73 @@ def _fanout(plan: Fanout, sock: socket.socket) -> Watched:
     return watched
 
 
+def _call_upstream(client: SyncUpstream, plan: Upstream, sock: socket.socket) -> Watched:
+    """A thread per call, each a blocking urllib3 call; structured like _fanout: this thread
+    waits for all of them (or the deadline) while watching its socket, and if the client
+    leaves, a call fails or the deadline passes, it aborts the rest (shuts their sockets: a
+    thread cannot be cancelled) and joins them before answering."""
+    group = CallGroup()
+    statuses = [0] * plan.calls
+    first_fault: list[Response] = []  # the fault that answers the request, if any
+    left = [plan.calls]
+    lock = threading.Lock()
+    done = os.eventfd(0, os.EFD_CLOEXEC)  # written when the last call ends, or one fails
+
+    def call(index: int) -> None:
+        try:
+            statuses[index] = client.call(plan.path, group)
+        except UpstreamFault as fault:
+            with lock:
+                first_fault.append(fault.response)
+            os.eventfd_write(done, 1)  # one failure answers the request: stop waiting
+        finally:
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    os.eventfd_write(done, 1)
+
+    calls = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(plan.calls)]
+    try:
+        for thread in calls:
+            thread.start()
+        watched = _watching_until(sock, time.monotonic() + client.config.timeout, done)
+    finally:
+        if left[0]:
+            group.abort()  # the client left, a call failed, or the deadline passed
+        for thread in calls:
+            thread.join()
+        os.close(done)
+    if watched is None:
+        return Watched(outcome=too_slow(client.config))
+    if watched.client_gone:
+        return watched
+    outcome = first_fault[0] if first_fault else plan.response(statuses)
+    return Watched(received=watched.received, outcome=outcome)
+
+
+def _watching_until(sock: socket.socket, deadline: float, done: int) -> Watched | None:
+    """Wait until `done` (an eventfd) is written, watching the socket meanwhile: a Watched
+    (client_gone if it closed), or None if the deadline passed first."""
+    watch = select.poll()
+    watch.register(sock, select.POLLIN)
+    watch.register(done, select.POLLIN)
+    received = b""
+    while (left := deadline - time.monotonic()) > 0:
+        for fd, _ in watch.poll(left * 1000):
+            if fd == done:
+                return Watched(received=received)
+            try:
+                data = sock.recv(RECEIVE_BYTES)
+            except OSError:
+                data = b""
+            if not data:
+                return Watched(client_gone=True)
+            # A pipelined request: keep it, and stop watching (as the other servers do).
+            received += data
+            watch.unregister(sock)
+    return None
+
+
 def _monitor_lag(telemetry: Telemetry, stop: threading.Event) -> None:
     while True:
         armed = time.perf_counter()
@@ -177,7 +255,9 @@ def _monitor_lag(telemetry: Telemetry, stop: threading.Event) -> None:
 
 def serve(options: ServeOptions) -> None:
     telemetry = make_telemetry(
-        ServerInfo(IMPL, "threads", "python " + _python(), f"h11 {h11.__version__}"),
+        ServerInfo(
+            IMPL, "threads", "python " + _python(), f"h11 {h11.__version__}", sync_client.label()
+        ),
         options.metrics,
         threads=True,
     )
@@ -205,6 +285,8 @@ def serve(options: ServeOptions) -> None:
     deadline = time.monotonic() + options.drain_timeout
     while server.connections and time.monotonic() < deadline:
         time.sleep(0.05)
+    if server.upstream is not None:
+        server.upstream.close()
 
 
 def _python() -> str:

@@ -21,21 +21,26 @@ import h11
 import trio
 
 from servers import contract
-from servers.contract import Blocking, Fanout, Sleep, legacy_blocking_call
+from servers.contract import Blocking, Fanout, Response, Sleep, Upstream, legacy_blocking_call
 from servers.lifecycle import ServeOptions, announce, bind, overloaded_response
 from servers.protocol import policy
 from servers.protocol.drive import drive_async
 from servers.protocol.h11_connection import NOT_GONE, ConnectionCore, Pause, Watched
 from servers.telemetry import LAG_INTERVAL_S, ServerInfo, Telemetry, lag_after, make_telemetry
+from servers.upstream import first_fault, httpx_client, not_configured, too_slow
+from servers.upstream.httpx_client import HttpxUpstream
 
 IMPL = "trio"
 RECEIVE_BYTES = 64 * 1024
 
 
 class TrioServer:
-    def __init__(self, telemetry: Telemetry, options: ServeOptions) -> None:
+    def __init__(
+        self, telemetry: Telemetry, options: ServeOptions, upstream: HttpxUpstream | None = None
+    ) -> None:
         self.telemetry = telemetry
         self.options = options
+        self.upstream = upstream
         telemetry.limit_connections(options.max_connections)
         self.draining = False
         self.connections: dict[ConnectionCore, _Connection] = {}
@@ -45,6 +50,7 @@ class TrioServer:
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         # trio's SocketStream already sets TCP_NODELAY.
+        self.telemetry.connection_accepted()
         if policy.should_shed(len(self.connections), self.options):
             await self._shed(stream)
             return
@@ -110,12 +116,14 @@ class _Connection:
                 ends=(trio.BrokenResourceError, trio.ClosedResourceError),
             )
 
-    async def _wait(self, work: Sleep | Fanout | Blocking | Pause) -> Watched:
+    async def _wait(self, work: Sleep | Fanout | Upstream | Blocking | Pause) -> Watched:
         match work:
             case Sleep(ms=ms) | Pause(ms=ms):
                 return await self._watching(lambda: trio.sleep(ms / 1000))
             case Fanout():
                 return await self._watching(lambda: _fanout(work))
+            case Upstream():
+                return await self._watching(lambda: _call_upstream(self.server.upstream, work))
             case Blocking(ms=ms, offload=True, kind=kind):
                 limiter = self.server.offload_limiter
                 await trio.to_thread.run_sync(legacy_blocking_call, ms, kind, limiter=limiter)
@@ -123,9 +131,9 @@ class _Connection:
                 legacy_blocking_call(ms, kind)  # inline: every other task on this thread waits
         return NOT_GONE
 
-    async def _watching(self, work: Callable[[], Awaitable[object]]) -> Watched:
+    async def _watching(self, work: Callable[[], Awaitable[Response | None]]) -> Watched:
         """Run `work` while a sibling task watches the socket; if the client closes it, cancel
-        the work (and every child task it started)."""
+        the work (and every child task it started). What `work` returns is the outcome."""
         seen: list[bytes] = []
 
         async def watch(cancel_scope: trio.CancelScope) -> None:
@@ -137,13 +145,14 @@ class _Connection:
             if not data:
                 cancel_scope.cancel()
 
+        outcome = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch, nursery.cancel_scope)
-            await work()
+            outcome = await work()
             nursery.cancel_scope.cancel()
         if not seen:
-            return NOT_GONE
-        return Watched(client_gone=not seen[0], received=seen[0])
+            return NOT_GONE if outcome is None else Watched(outcome=outcome)
+        return Watched(client_gone=not seen[0], received=seen[0], outcome=outcome)
 
 
 async def _fanout(plan: Fanout) -> None:
@@ -152,6 +161,31 @@ async def _fanout(plan: Fanout) -> None:
     async with trio.open_nursery() as children:
         for _ in range(plan.children):
             children.start_soon(trio.sleep, plan.ms / 1000)
+
+
+async def _call_upstream(client: HttpxUpstream | None, plan: Upstream) -> Response:
+    """`plan.calls` tasks in a nursery, each an httpx call: if one fails, or the client
+    leaves (the enclosing scope is cancelled), every other call is cancelled with it."""
+    if client is None:
+        return not_configured()
+    statuses = [0] * plan.calls
+
+    async def call(index: int) -> None:
+        statuses[index] = await client.call(plan.path)
+
+    with trio.move_on_after(client.config.timeout) as deadline:
+        try:
+            async with trio.open_nursery() as calls:
+                for index in range(plan.calls):
+                    calls.start_soon(call, index)
+        except BaseExceptionGroup as group:
+            fault = first_fault(group)
+            if fault is None:
+                raise
+            return fault.response
+    if deadline.cancelled_caught:
+        return too_slow(client.config)
+    return plan.response(statuses)
 
 
 async def _monitor_lag(telemetry: Telemetry) -> None:
@@ -163,9 +197,11 @@ async def _monitor_lag(telemetry: Telemetry) -> None:
 
 async def _serve(sock: socket.socket, options: ServeOptions) -> None:
     telemetry = make_telemetry(
-        ServerInfo(IMPL, "trio", trio.__version__, f"h11 {h11.__version__}"), options.metrics
+        ServerInfo(IMPL, "trio", trio.__version__, f"h11 {h11.__version__}", httpx_client.label()),
+        options.metrics,
     )
-    server = TrioServer(telemetry, options)
+    upstream = HttpxUpstream(options.upstream) if options.upstream else None
+    server = TrioServer(telemetry, options, upstream)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as background:
@@ -192,6 +228,8 @@ async def _serve(sock: socket.socket, options: ServeOptions) -> None:
                     server.drain()
                     drain_scope.deadline = trio.current_time() + options.drain_timeout
             background.cancel_scope.cancel()
+    if upstream is not None:
+        await upstream.aclose()
 
 
 def serve(options: ServeOptions) -> None:

@@ -16,6 +16,8 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 # Locust takes a file path: the scenario files, beside the installed package they import.
 COPY loadtest/locustfiles /app/locustfiles
+# The Grafana provisioning and dashboards, for Kubernetes (deploy/kubernetes/grafana.yaml).
+COPY dashboards/grafana /app/dashboards/grafana
 USER stackbench
 WORKDIR /home/stackbench
 EXPOSE 8080 8089 9646

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks run for real (installed if missing, as root).
-SYSTEM_PACKAGES := wrk prometheus docker-compose chromium valgrind
+SYSTEM_PACKAGES := wrk prometheus docker-compose chromium valgrind wget
 
 .PHONY: demo serve test lint bench system-deps venv clean
 

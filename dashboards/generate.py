@@ -16,14 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.reporting.colours import COLOURS as REPORT_COLOURS
-from servers.contract import IMPLS
+from servers.contract import IMPLS, TIERS
 
 HERE = Path(__file__).resolve().parent
 OUTPUT = HERE / "grafana" / "dashboards"
-DATASOURCE = {"type": "prometheus", "uid": "stackbench-prometheus"}
+# Panels name the datasource through a variable, so the dashboards import into any Grafana;
+# under compose it defaults to the provisioned one (provisioning/datasources/prometheus.yml).
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+PROVISIONED_DATASOURCE_UID = "stackbench-prometheus"
 # One colour per server, the same on every panel of both dashboards as in the report's charts.
 COLOURS = {impl: colour for impl, colour in REPORT_COLOURS.items() if impl in IMPLS}
 RATE = "$__rate_interval"
+RANGE = "$__range"
 
 
 @dataclass(frozen=True)
@@ -38,14 +42,17 @@ class Panel:
     unit: str
     queries: tuple[Query, ...]
     split_by: str | None  # every value of this label must have a series (tests check it)
-    description: str = ""
+    description: str
     max_value: float | None = None
+    repeat: str | None = None  # one panel per selected value of this variable
 
 
 @dataclass(frozen=True)
 class Variable:
     name: str
-    query: str  # label_values(...)
+    query: str  # label_values(...), or for a custom variable "text : value,..."
+    label: str = ""
+    custom: bool = False
 
 
 @dataclass
@@ -74,89 +81,139 @@ def _or_zero(expr: str, baseline: str) -> str:
     return f"({expr}) or ({baseline} * 0)"
 
 
-SERVER = 'impl=~"$impl"'
-SERVER_ROUTE = 'impl=~"$impl", route=~"$route"'
+SERVER = 'impl=~"$tier", impl=~"$impl"'
+SERVER_ROUTE = SERVER + ', route=~"$route"'
 REQUESTS = "http_server_request_duration_seconds"
+RSS = f"process_resident_memory_bytes{{{SERVER}}}"
+IN_FLIGHT = f"http_server_active_requests{{{SERVER}}}"
+# Below this many requests in flight above the quietest moment, RSS noise (allocator, GC)
+# outweighs what the requests hold: the memory-per-request panel shows nothing rather than noise.
+MIN_IN_FLIGHT_FOR_MEMORY = 10
+
+
+def _tier_variable() -> Variable:
+    options = ",".join(f"{tier} tier : {'|'.join(members)}" for tier, members in TIERS.items())
+    return Variable("tier", options, label="tier", custom=True)
 
 
 def _server_comparison() -> Dashboard:
     request_rate = _rate_sum(f"{REQUESTS}_count", SERVER_ROUTE, "impl")
+    errors = _rate_sum(f"{REQUESTS}_count", SERVER_ROUTE + ', status=~"[45].."', "impl")
     return Dashboard(
         uid="stackbench-servers",
         title="stackbench: server comparison",
-        description="gevent (stackful) vs trio and aiohttp (stackless), side by side: the "
-        "stack tier (gevent, trio, aiohttp) and the runtime tier (gevent-h11, asyncio-h11, trio, "
-        "threads-h11: one h11 core on each runtime).",
+        description="gevent (stackful) against trio and aiohttp (stackless), side by side. The "
+        "stack tier (gevent, trio, aiohttp) is what people deploy; the runtime tier "
+        "(gevent-h11, asyncio-h11, trio, threads-h11) is one h11 core on each runtime. Under "
+        "compose the servers share one host: for the isolated comparison, run stackbench run.",
         filename="server-comparison.json",
         variables=(
-            Variable("impl", "label_values(stackbench_server_info, impl)"),
+            _tier_variable(),
+            Variable(
+                "impl", 'label_values(stackbench_server_info{impl=~"$tier"}, impl)', label="server"
+            ),
             Variable("route", f"label_values({REQUESTS}_count, route)"),
         ),
         panels=(
-            Panel("Request rate", "reqps", (Query(request_rate, "{{impl}}"),), "impl"),
+            Panel(
+                "Request rate",
+                "reqps",
+                (Query(request_rate, "{{impl}}"),),
+                "impl",
+                "Responses per second, every status, the selected routes.",
+            ),
             *(
                 Panel(
-                    f"Latency p{q}",
+                    f"Latency p{q}, all selected routes",
                     "s",
                     (Query(_quantile(q / 100, REQUESTS, SERVER_ROUTE, "impl"), "{{impl}}"),),
                     "impl",
-                    "From the request's arrival at the server to its last byte.",
+                    "From the request's arrival at the server to its last byte, every selected "
+                    "route together (a mix: see the per-route panels). Read from the servers' "
+                    "histogram buckets, whose bounds keep a p99 within 10 % of the exact figure "
+                    "for the contract's routes.",
                 )
-                for q in (50, 95, 99)
+                for q in (50, 99)
             ),
             Panel(
-                "Error responses (4xx, 5xx, 499 client gone)",
-                "reqps",
+                "p99 latency of $route",
+                "s",
+                (Query(_quantile(0.99, REQUESTS, SERVER_ROUTE, "impl"), "{{impl}}"),),
+                "impl",
+                "One panel per route: /json beside /blocking shows function colouring (a "
+                "blocking call made inline stalls every other request on an event loop, not on "
+                "gevent or threads).",
+                repeat="route",
+            ),
+            Panel(
+                "Error ratio (4xx, 5xx, 499 client gone)",
+                "percentunit",
+                (Query(_or_zero(f"{errors} / {request_rate}", request_rate), "{{impl}}"),),
+                "impl",
+                "Share of responses that were errors, of all the server answered: 4xx (the "
+                "client's mistake), 5xx, and 499 (the client left before the answer).",
+            ),
+            Panel(
+                "Open connections and the connection limit",
+                "short",
+                (
+                    Query(f"http_server_open_connections{{{SERVER}}}", "{{impl}}"),
+                    Query(f"http_server_connection_limit{{{SERVER}}}", "{{impl}} limit"),
+                ),
+                "impl",
+                "Client connections open now, and --max-connections: past it a new "
+                "connection gets a 503 and is closed.",
+            ),
+            Panel(
+                "Rejected connections",
+                "cps",
                 (
                     Query(
-                        _or_zero(
-                            _rate_sum(
-                                f"{REQUESTS}_count", SERVER_ROUTE + ', status=~"[45].."', "impl"
-                            ),
-                            request_rate,
-                        ),
+                        _rate_sum("http_server_rejected_connections_total", SERVER, "impl"),
                         "{{impl}}",
                     ),
                 ),
                 "impl",
+                "Connections per second shed at the connection limit (503 and close).",
             ),
             Panel(
                 "Resident memory (RSS)",
                 "bytes",
-                (Query(f"process_resident_memory_bytes{{{SERVER}}}", "{{impl}}"),),
+                (Query(RSS, "{{impl}}"),),
                 "impl",
+                "The whole server process, as its own process collector reads /proc.",
             ),
             Panel(
-                "RSS per active request",
+                "Memory per in-flight request",
                 "bytes",
                 (
                     Query(
-                        f"process_resident_memory_bytes{{{SERVER}}} "
-                        f"/ clamp_min(http_server_active_requests{{{SERVER}}}, 1)",
+                        f"({RSS} - min_over_time({RSS}[{RANGE}])) / ({IN_FLIGHT} - "
+                        f"min_over_time({IN_FLIGHT}[{RANGE}]) >= {MIN_IN_FLIGHT_FOR_MEMORY})",
                         "{{impl}}",
                     ),
                 ),
                 "impl",
-                "Whole-process RSS divided by requests in flight: falls towards the cost of "
-                "one in-flight request as concurrency grows (io_hold scenario).",
+                "RSS above the quietest moment of the time range, over the requests in flight "
+                "above it: the chord of RSS against requests in flight, what stackbench run "
+                "fits as a slope across io_hold's levels (it agrees when the range starts "
+                f"idle and the load steps up). Empty below {MIN_IN_FLIGHT_FOR_MEMORY} requests "
+                "in flight, where allocator noise would dominate.",
             ),
             Panel(
-                "Active requests",
+                "Requests in flight",
                 "short",
-                (Query(f"http_server_active_requests{{{SERVER}}}", "{{impl}}"),),
+                (Query(IN_FLIGHT, "{{impl}}"),),
                 "impl",
+                "Requests received and not yet answered.",
             ),
             Panel(
-                "Open connections",
-                "short",
-                (Query(f"http_server_open_connections{{{SERVER}}}", "{{impl}}"),),
-                "impl",
-            ),
-            Panel(
-                "Live tasks / greenlets",
+                "Live tasks / greenlets / threads",
                 "short",
                 (Query(f"stackbench_tasks{{{SERVER}}}", "{{impl}}"),),
                 "impl",
+                "What the runtime is running: trio and asyncio tasks, gevent greenlets the "
+                "server spawned, threads-h11's connection threads.",
             ),
             Panel(
                 "Scheduler lag p99",
@@ -175,18 +232,29 @@ def _server_comparison() -> Dashboard:
                 "percentunit",
                 (Query(f"rate(process_cpu_seconds_total{{{SERVER}}}[{RATE}])", "{{impl}}"),),
                 "impl",
-                "Fraction of one core.",
+                "Fraction of one core the server process uses (user + system).",
             ),
             Panel(
-                "GC collections",
-                "ops",
+                "CPU per request",
+                "s",
                 (
                     Query(
-                        _rate_sum("python_gc_collections_total", SERVER, "impl"),
+                        f"sum by (impl) (rate(process_cpu_seconds_total{{{SERVER}}}[{RATE}])) "
+                        f"/ ({_rate_sum(f'{REQUESTS}_count', SERVER, 'impl')} > 0)",
                         "{{impl}}",
                     ),
                 ),
                 "impl",
+                "CPU seconds over requests answered, all routes: what one request costs, "
+                "idle timers and scrapes included (stackbench run subtracts those; at low "
+                "rates they dominate here).",
+            ),
+            Panel(
+                "GC collections",
+                "ops",
+                (Query(_rate_sum("python_gc_collections_total", SERVER, "impl"), "{{impl}}"),),
+                "impl",
+                "Python garbage collections per second, all generations.",
             ),
         ),
     )
@@ -198,6 +266,7 @@ CLIENT = "stackbench_client_request_duration_seconds"
 
 def _load_generator() -> Dashboard:
     achieved = _rate_sum(f"{CLIENT}_count", TARGET, "target")
+    client_errors = _rate_sum(f"{CLIENT}_count", TARGET + ', outcome="error"', "target")
     return Dashboard(
         uid="stackbench-load",
         title="stackbench: load generator",
@@ -217,6 +286,7 @@ def _load_generator() -> Dashboard:
                     ),
                 ),
                 None,
+                "Locust users running, summed over the processes that run them.",
             ),
             Panel(
                 "Intended vs achieved request rate",
@@ -241,6 +311,8 @@ def _load_generator() -> Dashboard:
                     ),
                 ),
                 "target",
+                "Open model: arrivals per second not sent because the user's in-flight limit "
+                "was reached (0 in the closed model).",
             ),
             *(
                 Panel(
@@ -254,18 +326,20 @@ def _load_generator() -> Dashboard:
                 for q in (50, 99)
             ),
             Panel(
-                "Client errors",
-                "reqps",
+                "Client error ratio",
+                "percentunit",
                 (
                     Query(
                         _or_zero(
-                            _rate_sum(f"{CLIENT}_count", TARGET + ', outcome="error"', "target"),
+                            f"{client_errors} / {achieved}",
                             achieved,
                         ),
                         "{{target}}",
                     ),
                 ),
                 "target",
+                "Share of requests Locust counted as failed (error status, refused or reset "
+                "connection, timeout).",
             ),
             Panel(
                 "Driver CPU (per Locust process)",
@@ -307,7 +381,9 @@ def _panel_json(panel: Panel, panel_id: int) -> dict:
         }
         defaults["custom"]["thresholdsStyle"] = {"mode": "line+area"}
     index = panel_id - 1
+    repeat = {"repeat": panel.repeat, "repeatDirection": "h", "maxPerRow": 3}
     return {
+        **(repeat if panel.repeat else {}),
         "id": panel_id,
         "type": "timeseries",
         "title": panel.title,
@@ -328,10 +404,33 @@ def _panel_json(panel: Panel, panel_id: int) -> dict:
     }
 
 
+def _datasource_variable() -> dict:
+    return {
+        "name": "datasource",
+        "label": "Prometheus",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {"text": "Prometheus", "value": PROVISIONED_DATASOURCE_UID},
+        "hide": 0,
+    }
+
+
 def _variable_json(variable: Variable) -> dict:
+    if variable.custom:
+        return {
+            "name": variable.name,
+            "label": variable.label or variable.name,
+            "type": "custom",
+            "query": variable.query,
+            "multi": False,
+            "includeAll": True,
+            "allValue": ".+",
+            "current": {"selected": True, "text": "All", "value": "$__all"},
+            "options": [],
+        }
     return {
         "name": variable.name,
-        "label": variable.name,
+        "label": variable.label or variable.name,
         "type": "query",
         "datasource": DATASOURCE,
         "definition": variable.query,
@@ -357,7 +456,9 @@ def dashboard_json(dashboard: Dashboard) -> dict:
         "refresh": "5s",
         "time": {"from": "now-15m", "to": "now"},
         "timezone": "browser",
-        "templating": {"list": [_variable_json(v) for v in dashboard.variables]},
+        "templating": {
+            "list": [_datasource_variable(), *(_variable_json(v) for v in dashboard.variables)]
+        },
         "panels": [_panel_json(p, i) for i, p in enumerate(dashboard.panels, start=1)],
     }
 

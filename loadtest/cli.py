@@ -219,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_step_seconds,
         help="seconds per load level (default: the profile's)",
     )
+    run.add_argument(
+        "--target",
+        action="append",
+        metavar="NAME=URL",
+        help="drive a server this run does not start, on this host or another (repeatable; "
+        "instead of --tier/--servers): its memory and CPU are read from its own /metrics",
+    )
     run.add_argument("--out", type=Path, help="output directory (default results/<timestamp>)")
     run.set_defaults(run=_run)
 
@@ -319,9 +326,18 @@ def _count(text: str) -> int:
 def _run(args: argparse.Namespace) -> None:
     from loadtest.orchestrator import run
     from loadtest.orchestrator.profiles import PROFILES
+    from loadtest.orchestrator.remote import TargetError, parse_target
     from servers.contract import IMPLS, TIERS
 
-    if args.servers is not None:
+    try:
+        remote = tuple(parse_target(text) for text in args.target or ())
+    except TargetError as exc:
+        _fail(str(exc))
+    if remote:
+        servers = [name for name, _ in remote]
+        if len(set(servers)) < len(servers):
+            _fail("--target: each NAME once")
+    elif args.servers is not None:
         servers = [s for s in args.servers.split(",") if s]
     else:
         servers = list(IMPLS if args.tier == "all" else TIERS[args.tier])
@@ -331,13 +347,14 @@ def _run(args: argparse.Namespace) -> None:
         profile = dataclasses.replace(profile, step_seconds=args.step_seconds)
     out = args.out or run.default_out()
     try:
-        run.validate(servers, scenarios)
+        run.validate(servers, scenarios, tuple(servers) if remote else ())
         plan = run.Plan(
             servers=tuple(servers),
             scenarios=tuple(scenarios),
             profile=profile,
             repeat=args.repeat or profile.repeat,
             out=out,
+            remote=remote,
         )
         written = run.execute(plan)
     except run.RunError as exc:

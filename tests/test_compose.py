@@ -6,60 +6,158 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
+from servers.contract import IMPLS, RUNTIME_TIER, STACK_TIER
+
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("gevent", "trio", "aiohttp")
+SERVERS = STACK_TIER
 # Paths the image puts the repository's files at (see Dockerfile).
 IMAGE_PATHS = {"/app/locustfiles/": ROOT / "loadtest" / "locustfiles"}
 
 
-def _compose_config(env: dict[str, str]) -> subprocess.CompletedProcess:
+def _compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`docker-compose ARGS` with nothing in the environment but PATH and `env`: what a new
+    user who has set nothing gets."""
     assert shutil.which("docker-compose"), "docker-compose is installed by `make test`"
     return subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), *args],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
-        env={**os.environ, **env},
+        env={"PATH": os.environ["PATH"], **(env or {})},
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict:
-    done = _compose_config({"GRAFANA_ADMIN_PASSWORD": "test-only"})
+def _config(*args: str, env: dict[str, str] | None = None) -> dict:
+    done = _compose(*args, "config", env=env)
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
 
 
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return _config()
+
+
+def _default_profile(compose: dict) -> set[str]:
+    return {name for name, service in compose["services"].items() if not service.get("profiles")}
+
+
 def test_compose_has_the_stack(compose: dict) -> None:
-    assert set(compose["services"]) >= {
-        *SERVERS,
-        "locust-master",
-        "locust-worker",
-        "prometheus",
-        "grafana",
-    }
+    assert _default_profile(compose) == {
+        *SERVERS, "locust-master", "locust-worker", "prometheus", "grafana",
+    }  # fmt: skip
+    runtime = {n for n, s in compose["services"].items() if "runtime" in s.get("profiles", [])}
+    assert runtime == set(RUNTIME_TIER) - set(SERVERS)
 
 
-def test_grafana_password_has_no_default() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"}
+@pytest.mark.parametrize("profile", [(), ("--profile", "runtime"), ("--profile", "cadvisor")])
+def test_every_compose_command_works_with_an_empty_environment(profile: tuple[str, ...]) -> None:
+    for command in (("config",), ("config", "--services"), ("config", "--volumes")):
+        done = _compose(*profile, *command)
+        assert done.returncode == 0, f"{' '.join(command)}: {done.stderr}"
+        assert "WARNING" not in done.stderr, done.stderr  # no unset variable, nothing defaulted
+
+
+def test_env_example_lists_the_defaults(compose: dict) -> None:
+    """.env.example shows what an empty environment gets, and each of its settings takes."""
+    assert _config("--env-file", str(ROOT / ".env.example")) == compose
+    assert ".env" in (ROOT / ".gitignore").read_text().split()  # a password is never committed
+    changed = _config(env={"CPUSET_GEVENT": "1", "CPUSET_THREADS_H11": "1"})
+    assert changed["services"]["gevent"]["cpuset"] == "1"
+    assert changed["services"]["threads-h11"]["cpuset"] == "1"
+    assert changed["services"]["trio"]["cpuset"] == compose["services"]["trio"]["cpuset"]
+
+
+CREDENTIAL = re.compile(r"PASSWORD|SECRET|TOKEN|API_?KEY|CREDENTIAL", re.I)
+
+
+def test_no_service_has_a_default_credential(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        for variable, value in (service.get("environment") or {}).items():
+            if CREDENTIAL.search(variable):
+                assert not value, f"{name}: {variable} has a default value"
+        assert not CREDENTIAL.search(" ".join(service.get("command") or [])), name
+    assert not CREDENTIAL.search((ROOT / "Dockerfile").read_text())
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """{path in the container: source} of a service's volumes (docker-compose's short form)."""
+    return dict(reversed(volume.split(":")[:2]) for volume in service.get("volumes", []))
+
+
+def _grafana_environment(compose: dict, **extra: str) -> dict[str, str]:
+    """The environment Grafana starts with: compose's, passed through the real start.sh."""
+    service = compose["services"]["grafana"]
+    shell, script = service["entrypoint"]
+    mounted = _mounts(service)
     done = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
+        ["sh", mounted[script]],
+        env={**{k: str(v) for k, v in service["environment"].items()}, **extra,
+             "GRAFANA_RUN": "env", "PATH": os.environ["PATH"]},
+        capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
-    assert done.returncode != 0
-    assert "GRAFANA_ADMIN_PASSWORD" in done.stderr
+    assert shell == "/bin/sh"
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def test_grafana_has_no_admin_account_unless_a_password_is_given(compose: dict) -> None:
+    env = _grafana_environment(compose)
+    assert env["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env  # Grafana's own default would be "admin"
+    assert not any(CREDENTIAL.search(k) and v for k, v in env.items())
+    chosen = _config(env={"GRAFANA_ADMIN_PASSWORD": "test-only"})
+    env = _grafana_environment(chosen)
+    assert env["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "false"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "test-only"
+    assert "GRAFANA_ADMIN_PASSWORD" not in env  # only under Grafana's own name
 
 
 def test_grafana_is_anonymous_read_only(compose: dict) -> None:
     env = compose["services"]["grafana"]["environment"]
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
-    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "test-only"  # from the environment
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+
+
+def test_health_checks_gate_what_depends_on_them(compose: dict) -> None:
+    services = compose["services"]
+    for name in (*SERVERS, *RUNTIME_TIER, "prometheus", "grafana", "locust-master"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+    for name, service in services.items():
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert condition == {"condition": "service_healthy"}, f"{name} -> {dependency}"
+            assert "healthcheck" in services[dependency], dependency
+    assert set(services["grafana"]["depends_on"]) == {"prometheus"}
+    assert set(services["locust-worker"]["depends_on"]) == {"locust-master"}
+    assert set(services["locust-master"]["depends_on"]) == set(SERVERS)
+
+
+def test_data_lives_in_named_volumes(compose: dict) -> None:
+    for name, path in (("prometheus", "/prometheus"), ("grafana", "/var/lib/grafana")):
+        assert _mounts(compose["services"][name])[path] in compose["volumes"], name
+    assert "--storage.tsdb.path=/prometheus" in compose["services"]["prometheus"]["command"]
+
+
+def test_images_are_pinned_by_tag(compose: dict) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for name, service in compose["services"].items():
+        image, _, tag = service["image"].rpartition(":")
+        assert image and tag and tag != "latest", f"{name}: {service['image']}"
+        if image == "stackbench":
+            assert tag == version, f"{name}: the image is stackbench {version}"
+
+
+def test_servers_are_pinned_to_cpus(compose: dict) -> None:
+    for name in (*SERVERS, *RUNTIME_TIER):
+        assert re.fullmatch(r"[0-9,-]+", compose["services"][name]["cpuset"]), name
 
 
 def test_published_ports_bind_loopback_only(compose: dict) -> None:
@@ -132,7 +230,7 @@ def test_every_command_is_a_real_cli_invocation(compose: dict) -> None:
         checked += 1
         if command[0] == "locust":
             assert Path(local[2]).is_file(), f"{name}: no Locust file {command[2]}"
-    assert checked == 5
+    assert checked == len(IMPLS) + 2  # every server, the Locust master and worker
 
 
 def test_every_scenario_has_a_locust_file() -> None:
@@ -153,18 +251,66 @@ def test_prometheus_config_passes_promtool() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_prometheus_labels_every_server_with_impl() -> None:
+def test_prometheus_scrapes_only_services_that_exist(compose: dict) -> None:
+    """Every target is found by DNS among compose's services, so a profile that is off (the
+    runtime tier, cAdvisor) leaves nothing down; the servers' `impl` is their service name."""
     config = yaml.safe_load((ROOT / "dashboards/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    impls = {c["labels"]["impl"] for c in jobs["servers"]["static_configs"]}
-    assert impls == set(SERVERS)
-    assert "locust" in jobs and "prometheus" in jobs
+    for name, job in jobs.items():
+        statics = [t for c in job.get("static_configs", []) for t in c["targets"]]
+        assert all(t.startswith("localhost:") for t in statics), f"{name}: {statics}"
+        for sd in job.get("dns_sd_configs", []):
+            assert set(sd["names"]) <= set(compose["services"]), name
+    assert set(jobs["servers"]["dns_sd_configs"][0]["names"]) == set(IMPLS)
+    assert jobs["servers"]["relabel_configs"] == [
+        {"source_labels": ["__meta_dns_name"], "target_label": "impl"}
+    ]
+    default = _default_profile(compose)
+    assert set(jobs["locust"]["dns_sd_configs"][0]["names"]) <= default
 
 
-def test_health_checks_pass_against_a_real_server(compose: dict, servers: dict) -> None:
-    for name in SERVERS:
-        kind, *command = compose["services"][name]["healthcheck"]["test"]
-        assert kind == "CMD" and command[0] == "python"
-        local = [sys.executable, *(arg.replace(":8080/", f":{servers[name].port}/")
-                                   for arg in command[1:])]  # fmt: skip
-        assert subprocess.run(local, timeout=30).returncode == 0, name
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _health_check(compose: dict, name: str, port: int) -> subprocess.CompletedProcess:
+    """A service's compose health check, run here against `port` in place of its own."""
+    kind, *command = compose["services"][name]["healthcheck"]["test"]
+    assert kind == "CMD"
+    if command[0] == "python":
+        command[0] = sys.executable
+    local = [re.sub(r"(//127\.0\.0\.1:)\d+", rf"\g<1>{port}", arg) for arg in command]
+    return subprocess.run(local, capture_output=True, text=True, timeout=30)
+
+
+def test_health_checks_pass_against_real_servers(compose: dict, servers: dict) -> None:
+    for name in IMPLS:
+        assert _health_check(compose, name, servers[name].port).returncode == 0, name
+    assert _health_check(compose, "gevent", _free_port()).returncode != 0  # nothing there
+
+
+def test_locust_master_health_check_passes_against_a_real_master(
+    compose: dict, tmp_path: Path
+) -> None:
+    port = _free_port()
+    command = _local_command(compose["services"]["locust-master"]["command"])
+    command[0] = str(Path(sys.executable).parent / "locust")
+    command[command.index("--web-port") + 1] = str(port)
+    command[command.index("--web-host") + 1] = "127.0.0.1"
+    master = subprocess.Popen(
+        [*command, "--master-bind-port", str(_free_port())],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "STACKBENCH_CLIENT_METRICS_PORT": "0",
+             "STACKBENCH_TARGETS": "gevent=http://127.0.0.1:9"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while _health_check(compose, "locust-master", port).returncode != 0:
+            assert master.poll() is None, "the Locust master exited"
+            assert time.monotonic() < deadline, "the master's health check never passed"
+            time.sleep(0.5)
+    finally:
+        master.terminate()
+        master.wait(15)

@@ -4,6 +4,7 @@ the real servers and a real Locust run. A panel that cannot show data fails here
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -18,15 +19,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hdrh.histogram import HdrHistogram
 
+from loadtest import histograms
 from loadtest.orchestrator.serverproc import ServerProcess
+from loadtest.reporting.colours import COLOURS
+from servers.contract import IMPLS, TIERS
+from servers.telemetry import LATENCY_BUCKETS
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = ROOT / "dashboards" / "grafana" / "dashboards"
 PROVISIONING = ROOT / "dashboards" / "grafana" / "provisioning"
 DASHBOARDS = sorted(DASHBOARD_DIR.glob("*.json"))
-SERVERS = ("gevent", "trio", "aiohttp")
+SERVERS = IMPLS  # both tiers
 RATE_INTERVAL = "10s"  # what Grafana makes of $__rate_interval at a 1 s scrape interval
+RANGE = "5m"  # $__range: the dashboard's time range
+REQUESTS = "http_server_request_duration_seconds"
+HELD_PER_SERVER = 20  # requests held in flight on each server, for the memory panel
 
 
 def _load(path: Path) -> dict:
@@ -36,8 +45,9 @@ def _load(path: Path) -> dict:
 def _as_grafana_sends_it(dashboard: dict, expr: str) -> str:
     """The query with every variable set to "All" (its allValue), as Grafana would send it."""
     for variable in dashboard["templating"]["list"]:
-        expr = expr.replace(f"${variable['name']}", variable["allValue"])
-    return expr.replace("$__rate_interval", RATE_INTERVAL)
+        if "allValue" in variable:
+            expr = expr.replace(f"${variable['name']}", variable["allValue"])
+    return expr.replace("$__rate_interval", RATE_INTERVAL).replace("$__range", RANGE)
 
 
 def _panel_queries() -> list[tuple[str, str, str, str]]:
@@ -66,19 +76,42 @@ def test_dashboard_structure(path: Path) -> None:
     datasource = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
     uid = datasource["datasources"][0]["uid"]
     dashboard = _load(path)
-    assert dashboard["uid"] and dashboard["title"]
+    assert dashboard["uid"] and dashboard["title"] and dashboard["description"]
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
+    # The datasource is a variable (the dashboards import into any Grafana), provisioned's first.
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["datasource"]["current"]["value"] == uid
     for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == uid, panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert panel["targets"], f"{panel['title']} has no query"
+        assert panel["description"], f"{panel['title']} has no description"
         assert panel["fieldConfig"]["defaults"].get("unit"), f"{panel['title']} has no unit"
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == uid
+            assert target["datasource"]["uid"] == "${datasource}"
             if "rate(" in target["expr"]:
                 assert "$__rate_interval" in target["expr"], panel["title"]
+        colours = {
+            o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"]
+            for o in panel["fieldConfig"]["overrides"]
+        }
+        assert colours == {f"^{impl}( .*)?$": COLOURS[impl] for impl in IMPLS}, panel["title"]
     for variable in dashboard["templating"]["list"]:
-        assert variable["datasource"]["uid"] == uid
+        if variable["type"] == "query":
+            assert variable["datasource"]["uid"] == "${datasource}"
+
+
+def test_server_dashboard_names_both_tiers() -> None:
+    dashboard = _load(DASHBOARD_DIR / "server-comparison.json")
+    assert "stack tier" in dashboard["description"]
+    assert "runtime tier" in dashboard["description"]
+    tier = next(v for v in dashboard["templating"]["list"] if v["name"] == "tier")
+    options = dict(option.split(" : ") for option in tier["query"].split(","))
+    assert options == {f"{t} tier": "|".join(members) for t, members in TIERS.items()}
+    repeated = [p for p in dashboard["panels"] if p.get("repeat") == "route"]
+    assert repeated and all("$route" in p["title"] for p in repeated)
 
 
 def test_dashboard_uids_are_distinct_and_provisioned() -> None:
@@ -107,8 +140,13 @@ def _derived_prometheus_config(
     for job in config["scrape_configs"]:
         name = job["job_name"]
         if name == "servers":
-            for static in job["static_configs"]:
-                static["targets"] = [f"127.0.0.1:{server_ports[static['labels']['impl']]}"]
+            # Each DNS name becomes a static target carrying the name DNS would have given it,
+            # so the config's own relabelling makes the `impl` label.
+            (sd,) = job.pop("dns_sd_configs")
+            job["static_configs"] = [
+                {"targets": [f"127.0.0.1:{server_ports[n]}"], "labels": {"__meta_dns_name": n}}
+                for n in sd["names"]
+            ]
         elif name == "locust":
             del job["dns_sd_configs"]
             job["static_configs"] = [{"targets": [f"127.0.0.1:{client_port}"]}]
@@ -121,9 +159,18 @@ def _derived_prometheus_config(
     return config
 
 
+def _hold(server: ServerProcess) -> socket.socket:
+    """A connection whose request stays in flight for the rest of the module."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"GET /sleep?ms=60000 HTTP/1.1\r\nHost: test\r\n\r\n")
+    return sock
+
+
 class Prometheus:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, client_url: str, load_started: float) -> None:
         self.base = f"http://127.0.0.1:{port}"
+        self.client_url = client_url  # the Locust process's /metrics and /latency
+        self.load_started = load_started  # time.monotonic() when Locust was started
 
     def get(self, path: str, **params: str) -> dict:
         url = f"{self.base}{path}?{urllib.parse.urlencode(params)}"
@@ -148,12 +195,13 @@ def prometheus(
         [
             str(Path(sys.executable).parent / "locust"),
             "-f", str(ROOT / "loadtest/locustfiles/mixed.py"),
-            "--headless", "-u", "9", "-r", "9", "-t", "90s", "--only-summary",
+            "--headless", "-u", "12", "-r", "12", "-t", "120s", "--only-summary",
         ],
         env={**os.environ, "STACKBENCH_TARGETS": targets,
              "STACKBENCH_CLIENT_METRICS_PORT": str(client_port)},
         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    load_started = time.monotonic()
     config = workdir / "prometheus.yml"
     config.write_text(
         yaml.safe_dump(_derived_prometheus_config(
@@ -167,7 +215,8 @@ def prometheus(
         ],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    client = Prometheus(prometheus_port)
+    client = Prometheus(prometheus_port, f"http://127.0.0.1:{client_port}", load_started)
+    held: list[socket.socket] = []
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -176,14 +225,18 @@ def prometheus(
                 load = client.query(
                     "sum(rate(stackbench_client_request_duration_seconds_count[10s]))"
                 )
-                if len(targets_up) == 5 and load and float(load[0]["value"][1]) > 0:
+                if len(targets_up) == len(SERVERS) + 2 and load and float(load[0]["value"][1]):
                     break
             except OSError:
                 pass
             time.sleep(1)
+        time.sleep(2)  # scrapes before the held requests: the memory panel's baseline
+        held = [_hold(servers[impl]) for impl in SERVERS for _ in range(HELD_PER_SERVER)]
         time.sleep(4)  # a few more scrapes, so every rate() window holds several samples
         yield client
     finally:
+        for sock in held:
+            sock.close()
         for process in (locust, server):
             process.terminate()
             try:
@@ -195,8 +248,7 @@ def prometheus(
 def test_every_scrape_target_is_up(prometheus: Prometheus) -> None:
     up = {(r["metric"]["job"], r["metric"].get("impl", "")) for r in prometheus.query("up == 1")}
     assert up == {
-        ("servers", "gevent"), ("servers", "trio"), ("servers", "aiohttp"),
-        ("locust", ""), ("prometheus", ""),
+        *(("servers", impl) for impl in SERVERS), ("locust", ""), ("prometheus", ""),
     }  # fmt: skip
 
 
@@ -214,3 +266,129 @@ def test_every_panel_query_returns_data(
     for label in re.findall(r"\{\{(impl|target)\}\}", legend):
         values = {series["metric"].get(label) for series in result}
         assert values == set(SERVERS), f"{title}: {label} values {values}"
+
+
+def test_memory_per_in_flight_request_is_what_a_held_request_costs(prometheus: Prometheus) -> None:
+    """The panel subtracts the quiet baseline: with 20 requests held on each server it reads
+    kilobytes per request (the run measures 10-40 KiB), not the whole RSS over 20."""
+    dashboard = _load(DASHBOARD_DIR / "server-comparison.json")
+    panel = next(p for p in dashboard["panels"] if p["title"] == "Memory per in-flight request")
+    result = prometheus.query(_as_grafana_sends_it(dashboard, panel["targets"][0]["expr"]))
+    per_request = {r["metric"]["impl"]: float(r["value"][1]) for r in result}
+    rss = {r["metric"]["impl"]: float(r["value"][1])
+           for r in prometheus.query('process_resident_memory_bytes{job="servers"}')}  # fmt: skip
+    assert set(per_request) == set(SERVERS)
+    for impl, value in per_request.items():
+        assert 0 < value < 256 * 1024, f"{impl}: {value / 1024:.1f} KiB per request"
+        assert value < rss[impl] / HELD_PER_SERVER / 4, impl  # far below RSS / in flight
+
+
+# What a percentile read from the buckets may be off by, for the contract's routes.
+P99_TOLERANCE = 0.10
+CLIENT = "stackbench_client_request_duration_seconds"
+
+
+def _exact_per_route(url: str) -> dict[str, HdrHistogram]:
+    """Every request Locust has timed so far, per route, all servers together (0.1 %)."""
+    with urllib.request.urlopen(f"{url}/latency?ack=0", timeout=10) as answer:
+        intervals = json.load(answer)["intervals"]
+    exact: dict[str, list[str]] = {}
+    for interval in intervals:
+        for routes in interval["histograms"].values():
+            for route, encoded in routes.items():
+                exact.setdefault(route, []).append(encoded["latency"])
+    return {route: histograms.merge(encoded) for route, encoded in exact.items()}
+
+
+def _exact_quantile(q: float, histogram: HdrHistogram) -> tuple[float, float]:
+    """The q-quantile in seconds, as the two values it lies between: the requests ranked
+    floor(q n) and ceil(q n) (they differ when the tail is sparse: which of them "the" p99 is
+    depends on the definition, HdrHistogram's and Prometheus' differ)."""
+    rank = q * histogram.get_total_count()
+    wanted = [max(1, math.floor(rank)), max(1, math.ceil(rank))]
+    found, seen = [], 0
+    for item in histogram.get_recorded_iterator():
+        seen += item.count_at_value_iterated_to
+        while wanted and seen >= wanted[0]:
+            found.append(item.value_iterated_to / 1e6)
+            wanted.pop(0)
+    return found[0], found[1]
+
+
+def _through_buckets(histogram: HdrHistogram) -> dict[float, float]:
+    """The histogram's requests counted into LATENCY_BUCKETS: {le in seconds: cumulative}."""
+    counts = dict.fromkeys((*LATENCY_BUCKETS, math.inf), 0.0)
+    for item in histogram.get_recorded_iterator():
+        seconds = item.value_iterated_to / 1e6
+        for le in counts:
+            if seconds <= le:
+                counts[le] += item.count_at_value_iterated_to
+    return counts
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
+    """Prometheus' histogram_quantile on cumulative {le: count}: linear within the bucket the
+    rank falls in, from 0 below the first bound."""
+    bounds = sorted(buckets)
+    rank = q * buckets[math.inf]
+    lower, below = 0.0, 0.0
+    for upper in bounds:
+        if buckets[upper] >= rank:
+            if upper == math.inf:
+                return lower
+            return lower + (upper - lower) * (rank - below) / (buckets[upper] - below)
+        lower, below = upper, buckets[upper]
+    return lower
+
+
+def test_histogram_quantile_is_prometheus_s(prometheus: Prometheus) -> None:
+    """The function the next test uses gives what Prometheus gives, on the same buckets."""
+    expr = f'sum by (le) ({CLIENT}_bucket{{route="/json"}})'
+    buckets = {float(r["metric"]["le"]): float(r["value"][1]) for r in prometheus.query(expr)}
+    (answer,) = prometheus.query(f"histogram_quantile(0.99, {expr})")
+    assert histogram_quantile(0.99, buckets) == pytest.approx(float(answer["value"][1]))
+
+
+def test_dashboard_p99_agrees_with_the_exact_p99_per_route(prometheus: Prometheus) -> None:
+    """The p99 a dashboard interpolates from histogram buckets, against the exact p99 of what
+    the buckets counted, for every route of the contract the mixed scenario sends.
+
+    Locust's exact HdrHistograms (0.1 %) of every request so far, counted into the bucket
+    bounds and read as Prometheus reads buckets, must give a p99 within 10 % of the exact
+    one: that is the buckets' own error, on real latencies. Then, through Prometheus: the
+    server dashboard's p99 times each request from its arrival to its last byte, a part of
+    what the client timed, so it cannot be above the client's beyond both readings' error (the
+    old 50-100 ms bucket read /sleep?ms=50's p99 as ~97 ms against the client's ~57)."""
+    window = f"{round(time.monotonic() - prometheus.load_started)}s"
+    lines, failures = [], []
+    exact = _exact_per_route(prometheus.client_url)
+    for route, histogram in sorted(exact.items()):
+        low, high = _exact_quantile(0.99, histogram)
+        from_buckets = histogram_quantile(0.99, _through_buckets(histogram))
+        lines.append(f"{route:10} n={histogram.get_total_count():5} exact p99 "
+                     f"{low * 1e3:.2f}-{high * 1e3:.2f} ms, from buckets "
+                     f"{from_buckets * 1e3:.2f} ms")  # fmt: skip
+        if not low * (1 - P99_TOLERANCE) <= from_buckets <= high * (1 + P99_TOLERANCE):
+            failures.append(f"buckets {route}")
+    server = prometheus.query(
+        f"histogram_quantile(0.99, sum by (impl, route, le) "
+        f'(increase({REQUESTS}_bucket{{route!="other"}}[{window}])))'
+    )
+    client = prometheus.query(
+        f"histogram_quantile(0.99, sum by (target, route, le) "
+        f"(increase({CLIENT}_bucket[{window}])))"
+    )
+    client_p99 = {(r["metric"]["target"], r["metric"]["route"]): float(r["value"][1])
+                  for r in client}  # fmt: skip
+    for series in server:
+        impl, route = series["metric"]["impl"], series["metric"]["route"]
+        if (impl, route) not in client_p99:
+            continue  # the held requests' /sleep has none finished on some servers
+        value, seen = float(series["value"][1]), client_p99[impl, route]
+        lines.append(f"{impl:12} {route:10} server p99 {value * 1e3:7.2f} ms, "
+                     f"client p99 {seen * 1e3:7.2f} ms")  # fmt: skip
+        if value > seen * (1 + P99_TOLERANCE) ** 2:  # each read off by up to the tolerance
+            failures.append(f"server above client {impl} {route}")
+    print("\n".join(lines))
+    assert set(exact) >= {"/", "/json", "/sleep", "/fanout", "/blocking", "/echo", "/stream"}
+    assert not failures, "\n".join([*failures, *lines])

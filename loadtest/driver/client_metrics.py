@@ -26,19 +26,7 @@ from prometheus_client.registry import Collector
 
 from loadtest.driver import settings
 from loadtest.driver.latency_log import RECORDER
-
-# Finer than the servers' buckets (the driver can afford it): the R10 series, ten per decade,
-# so a percentile interpolated inside a bucket is off by at most ~25 %, from 0.1 ms to 120 s:
-# good enough for a live dashboard; `stackbench run` reads exact percentiles from /latency.
-LATENCY_BUCKETS = (
-    *(
-        round(mantissa * 10.0**exponent, 6)
-        for exponent in range(-4, 2)
-        for mantissa in (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)
-    ),
-    100.0,
-    120.0,
-)
+from servers.telemetry import LATENCY_BUCKETS  # the servers' bounds: panels read alike
 
 PORTS_TO_TRY = 64  # forked workers on one host take the next free port after the master's
 

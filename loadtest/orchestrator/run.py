@@ -26,6 +26,7 @@ from loadtest.driver import settings
 from loadtest.driver.scenarios import SCENARIOS
 from loadtest.orchestrator import held
 from loadtest.orchestrator.profiles import Profile
+from loadtest.orchestrator.remote import RemoteServer, process_figures
 from loadtest.orchestrator.sampling import (
     CPU_TICK_S,
     SAMPLE_INTERVAL_S,
@@ -72,6 +73,7 @@ class Plan:
     profile: Profile
     repeat: int
     out: Path
+    remote: tuple[tuple[str, str], ...] = ()  # --target NAME=URL: servers this run does not start
 
     def scenario_runs(self) -> list[tuple[str, str]]:
         """(scenario, model) pairs, in order: each scenario closed (io_hold followed by its
@@ -343,8 +345,13 @@ def _run_server(
     def key(scenario: str, model: str) -> RunKey:
         return RunKey(server=impl, scenario=scenario, model=model, repeat=repeat)
 
+    remote = dict(plan.remote)
     try:
-        server = ServerProcess(impl, cpus=set(server_cpus))
+        server = (
+            RemoteServer(impl, remote[impl])
+            if impl in remote
+            else ServerProcess(impl, cpus=set(server_cpus))
+        )
     except ServerStartError as exc:
         for scenario, model in plan.scenario_runs():
             _event(log, key(scenario, model), "failed", error=str(exc))
@@ -356,7 +363,10 @@ def _run_server(
                 error = f"{impl} server exited with code {server.process.returncode}"
                 _event(log, key(scenario, model), "failed", error=error)
                 continue
-            if model == "held":
+            if model == "held" and impl in remote:
+                error = "not measured: held connections need the server's process (--target)"
+                _event(log, key(scenario, model), "failed", error=error)
+            elif model == "held":
                 _run_held(plan, key(scenario, model), log, progress, server_cpus)
             else:
                 _run_scenario(plan, server, key(scenario, model), log, progress, driver_cpus)
@@ -366,16 +376,22 @@ def _event(log: SampleLog, key: RunKey, event: str, **extra: Any) -> None:
     log.write(Event(event=event, t=time.time(), key=key, **extra))
 
 
-def _measure_idle(server: ServerProcess, repeat: int, log: SampleLog) -> None:
+def _measure_idle(server: ServerProcess | RemoteServer, repeat: int, log: SampleLog) -> None:
     """The server's CPU with no load but what a run always adds (its timers, our scrapes at
     the sampling pace): subtracted from every step's CPU, so that CPU per request is the
-    requests' alone."""
-    process = psutil.Process(server.pid)
-    before, started = cpu_seconds(process, children=False), time.monotonic()
+    requests' alone. A remote server's from its own /metrics."""
+    process = psutil.Process(server.pid) if server.pid is not None else None
+
+    def cpu() -> float | None:
+        if process is None:
+            return process_figures(scrape(server.url + "/metrics"))[1]
+        return cpu_seconds(process, children=False)
+
+    before, started = cpu(), time.monotonic()
     while time.monotonic() - started < IDLE_SECONDS:
         scrape(server.url + "/metrics")
         time.sleep(SAMPLE_INTERVAL_S)
-    after = cpu_seconds(process, children=False)
+    after = cpu()
     if before is not None and after is not None:
         seconds = time.monotonic() - started
         log.write(IdleProbe(server=server.impl, repeat=repeat, seconds=seconds,
@@ -405,7 +421,7 @@ def _run_held(
 
 def _run_scenario(
     plan: Plan,
-    server: ServerProcess,
+    server: ServerProcess | RemoteServer,
     key: RunKey,
     log: SampleLog,
     progress: Progress,
@@ -421,6 +437,7 @@ def _run_scenario(
         **settings.as_environment(
             settings.DriverSettings(
                 targets=f"{impl}={server.url}",
+                allow_remote=server.pid is None,  # named by the user with --target
                 model=model,
                 rate=plan.profile.open_rate_per_stream,
                 steps=True,
@@ -517,10 +534,10 @@ def default_out() -> Path:
     return candidate
 
 
-def validate(servers: list[str], scenarios: list[str]) -> None:
+def validate(servers: list[str], scenarios: list[str], remote: tuple[str, ...] = ()) -> None:
     from servers.contract import IMPLS
 
-    if unknown := [s for s in servers if s not in IMPLS]:
+    if unknown := [s for s in servers if s not in IMPLS and s not in remote]:
         raise RunError(f"unknown server {unknown[0]!r}; choose from {', '.join(IMPLS)}")
     if unknown := [s for s in scenarios if s not in SCENARIOS]:
         raise RunError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")

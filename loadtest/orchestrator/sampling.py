@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from loadtest import histograms
+from loadtest.orchestrator.remote import process_figures
 from loadtest.records import (
     ClientSnapshot,
     RouteHistograms,
@@ -165,7 +166,7 @@ class Sampler:
         log: SampleLog,
         key: RunKey,
         server_url: str,
-        server_pid: int,
+        server_pid: int | None,
         client_urls: list[str],
         driver_pid: int,
     ) -> None:
@@ -174,7 +175,9 @@ class Sampler:
         self.server_url = server_url
         self.client_urls = client_urls
         self.latency = LatencyReader(client_urls, key.server)
-        self.server = _process(server_pid)
+        # None: a server this run did not start (--target); its own /metrics reports its process
+        self.server = _process(server_pid) if server_pid is not None else None
+        self.remote = server_pid is None
         self.driver = _process(driver_pid)
         self.samples_taken = 0
         self._scrapers = ThreadPoolExecutor(1, thread_name_prefix="scrape")
@@ -202,15 +205,21 @@ class Sampler:
         client_metrics = _scrape_all(url + "/metrics" for url in self.client_urls)
         latency = self.latency.read()
         server_metrics = server_future.result()
+        if self.remote:
+            rss, cpu = process_figures(server_metrics)
+            alive = server_metrics is not None
+        else:
+            rss, cpu = _rss(self.server), cpu_seconds(self.server, children=False)
+            alive = _alive(self.server)
         return Sample(
             key=self.key,
             t=time.time(),
             server=server_snapshot(server_metrics) if server_metrics is not None else None,
             client=client_snapshot(client_metrics) if client_metrics is not None else None,
             latency=latency,
-            server_rss_bytes=_rss(self.server),
-            server_cpu_seconds=cpu_seconds(self.server, children=False),
-            server_alive=_alive(self.server),
+            server_rss_bytes=rss,
+            server_cpu_seconds=cpu,
+            server_alive=alive,
             driver_cpu_seconds=cpu_seconds(self.driver, children=True),
         )
 

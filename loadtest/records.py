@@ -158,6 +158,8 @@ class Event(Record):
     levels: list[int] | None = None
     error: str | None = None
     exit_code: int | None = None
+    # A scenario whose servers call an upstream: connections the upstream accepted meanwhile.
+    upstream_connections: int | None = None
 
 
 class ServerSnapshot(Record):
@@ -318,10 +320,12 @@ class ScenarioRun(Record):
     samples: int
     steps: list[Step]
     driver_bound: bool
-    memory_fit: LinearFit | None = None  # io_hold: RSS against requests in flight
+    memory_fit: LinearFit | None = None  # io_hold, upstream: RSS against requests in flight
     lag_series: list[tuple[float, float]] | None = None  # starvation: (s, lag p99 bound ms)
     # starvation: (s, users) where each load level began, on lag_series' clock
     level_starts: list[tuple[float, float]] | None = None
+    # upstream: connections the upstream accepted while the scenario ran (the client's reuse)
+    upstream_connections: int | None = None
 
 
 class Figure(Record):

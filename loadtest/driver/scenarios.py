@@ -49,6 +49,10 @@ class Scenario:
     stagger_seconds: float = 0.0
     # A load level lasts at least this long, so that something is measured after settling.
     min_step_seconds: float = 0.0
+    # Fit RSS against requests in flight across the levels (memory per in-flight request).
+    fits_memory: bool = False
+    # The servers call an upstream (`/upstream`): the run starts one and counts its connections.
+    needs_upstream: bool = False
 
     def describe(self) -> list[str]:
         """What it sends, one line per kind of request: `weight x METHOD target`."""
@@ -61,6 +65,7 @@ OFFLOADED = "/blocking offload=1"
 INLINE = "/blocking offload=0"
 C_OFFLOADED = "/blocking kind=c offload=1"
 C_INLINE = "/blocking kind=c offload=0"
+UPSTREAM_CALLS, UPSTREAM_MS = 4, 50  # what each /upstream request of the scenario asks for
 
 SCENARIOS: dict[str, Scenario] = {
     scenario.name: scenario
@@ -88,6 +93,7 @@ SCENARIOS: dict[str, Scenario] = {
             stagger_seconds=2.0,
             settle_seconds=3.0,
             min_step_seconds=5.0,
+            fits_memory=True,
         ),
         Scenario(
             "fanout",
@@ -157,6 +163,27 @@ SCENARIOS: dict[str, Scenario] = {
             user_steps=(4, 16, 64),
             rate_steps=(50, 150, 300),
             figures=("offload_overhead_ms",),
+        ),
+        Scenario(
+            "upstream",
+            "What does waiting on another service cost, through each world's own HTTP client "
+            f"(urllib3 monkey-patched, aiohttp, httpx)? Each request makes {UPSTREAM_CALLS} "
+            f"concurrent {UPSTREAM_MS} ms calls to an upstream server.",
+            (Request("GET", f"/upstream?n={UPSTREAM_CALLS}&ms={UPSTREAM_MS}"),),
+            # At most 24 x 4 = 96 calls in flight: inside the default pool of 100, so no call
+            # waits for a connection; and light enough for the driver's CPU, which the upstream
+            # shares.
+            user_steps=(4, 12, 24),
+            rate_steps=(50, 150, 300),
+            figures=(
+                "upstream_p50_ms",
+                "upstream_p99_ms",
+                "upstream_bytes_per_request",
+                "upstream_bytes_per_request_r2",
+                "upstream_connections",
+            ),
+            fits_memory=True,
+            needs_upstream=True,
         ),
         Scenario(
             "echo",

@@ -59,6 +59,7 @@ CLIENT_METRICS_LINE = re.compile(r"stackbench client metrics \(\w+\) on :(\d+)/m
 FD_HEADROOM = 256
 OPEN_MODEL_SCENARIO = "starvation"  # the open-model pass: where stalls hide from closed loops
 HELD_SCENARIO = "io_hold"  # followed by memory per request measured without Locust
+UPSTREAM_IMPL = "aiohttp"  # what `/upstream` calls in a run (on uvloop): the cheapest server
 IDLE_SECONDS = 1.0  # how long each server's idle CPU (timers, our scrapes) is measured
 
 
@@ -308,14 +309,18 @@ def execute(plan: Plan) -> Path:
     progress = Progress(plan)
     interrupted = False
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    upstream = None
     try:
+        upstream = _start_upstream(plan, driver_cpus)
         for repeat in range(plan.repeat):
             for impl in plan.servers:
-                _run_server(plan, impl, repeat, log, progress, server_cpus, driver_cpus)
+                _run_server(plan, impl, repeat, log, progress, server_cpus, driver_cpus, upstream)
     except KeyboardInterrupt:
         interrupted = True
         log.write(Event(event="interrupted", t=time.time()))
     finally:
+        if upstream is not None:
+            upstream.stop()
         signal.signal(signal.SIGTERM, previous_sigterm)
         progress.close()
         if not interrupted:
@@ -333,6 +338,25 @@ def _raise_keyboard_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _start_upstream(plan: Plan, driver_cpus: list[int]) -> ServerProcess | None:
+    """The server `/upstream` calls, when a scenario needs one: aiohttp on uvloop (the
+    cheapest), on the driver's CPUs so that the server measured keeps its own to itself."""
+    if not any(SCENARIOS[s].needs_upstream for s in plan.scenarios):
+        return None
+    try:
+        return ServerProcess(UPSTREAM_IMPL, extra_args=("--uvloop",), cpus=set(driver_cpus))
+    except ServerStartError as exc:
+        raise RunError(f"the upstream server did not start: {exc}") from None
+
+
+def _upstream_connections(upstream: ServerProcess) -> int | None:
+    """Connections the upstream has accepted, this scrape's own left out."""
+    samples = scrape(upstream.url + "/metrics")
+    if samples is None:
+        return None
+    return int(sum(s.value for s in samples if s.name == "http_server_connections_total")) - 1
+
+
 def _run_server(
     plan: Plan,
     impl: str,
@@ -341,6 +365,7 @@ def _run_server(
     progress: Progress,
     server_cpus: list[int],
     driver_cpus: list[int],
+    upstream: ServerProcess | None = None,
 ) -> None:
     def key(scenario: str, model: str) -> RunKey:
         return RunKey(server=impl, scenario=scenario, model=model, repeat=repeat)
@@ -350,7 +375,11 @@ def _run_server(
         server = (
             RemoteServer(impl, remote[impl])
             if impl in remote
-            else ServerProcess(impl, cpus=set(server_cpus))
+            else ServerProcess(
+                impl,
+                cpus=set(server_cpus),
+                extra_args=("--upstream", upstream.url) if upstream else (),
+            )
         )
     except ServerStartError as exc:
         for scenario, model in plan.scenario_runs():
@@ -369,7 +398,9 @@ def _run_server(
             elif model == "held":
                 _run_held(plan, key(scenario, model), log, progress, server_cpus)
             else:
-                _run_scenario(plan, server, key(scenario, model), log, progress, driver_cpus)
+                _run_scenario(
+                    plan, server, key(scenario, model), log, progress, driver_cpus, upstream
+                )
 
 
 def _event(log: SampleLog, key: RunKey, event: str, **extra: Any) -> None:
@@ -426,6 +457,7 @@ def _run_scenario(
     log: SampleLog,
     progress: Progress,
     driver_cpus: list[int],
+    upstream: ServerProcess | None = None,
 ) -> None:
     impl, scenario, model = key.server, key.scenario, key.model
     levels = plan.levels(scenario, model)
@@ -460,6 +492,8 @@ def _run_scenario(
     processes = driver_processes(driver_cpus)
     if processes > 1:
         command += ["--processes", str(processes)]
+    counts_upstream = upstream is not None and SCENARIOS[scenario].needs_upstream
+    upstream_before = _upstream_connections(upstream) if counts_upstream else None
     _event(log, key, "started", levels=list(levels))
     with (locust_dir / f"{name}.log").open("wb") as output:
         locust = subprocess.Popen(
@@ -506,10 +540,14 @@ def _run_scenario(
                 locust.kill()
                 locust.wait()
         progress.finish_scenario(seconds)
+        opened = None
+        if counts_upstream and upstream_before is not None:
+            after = _upstream_connections(upstream)
+            opened = after - upstream_before if after is not None else None
         if error:
             _event(log, key, "failed", error=error)
         else:
-            _event(log, key, "finished", exit_code=locust.returncode)
+            _event(log, key, "finished", exit_code=locust.returncode, upstream_connections=opened)
 
 
 def _wait_for_metrics(log: Path, locust: subprocess.Popen, processes: int) -> list[str]:

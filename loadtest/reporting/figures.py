@@ -12,7 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from loadtest.driver.scenarios import BLOCKING_MS, C_INLINE, INLINE, OFFLOADED, SCENARIOS
+from loadtest.driver.scenarios import (
+    BLOCKING_MS,
+    C_INLINE,
+    INLINE,
+    OFFLOADED,
+    SCENARIOS,
+    UPSTREAM_CALLS,
+    UPSTREAM_MS,
+)
 from loadtest.records import Figure, ScenarioRun, ServerHeadline, Step
 
 __all__ = [
@@ -140,6 +148,12 @@ def _offload_overhead(run: ScenarioRun) -> Reading:
     return Reading(light.mean_ms - BLOCKING_MS, error=light.mean_ms * 1e-3)
 
 
+def _upstream_connections(run: ScenarioRun) -> Reading:
+    return Reading(
+        float(run.upstream_connections) if run.upstream_connections is not None else None
+    )
+
+
 def _fixed(attribute: str) -> Callable[[ScenarioRun], Reading]:
     def read(run: ScenarioRun) -> Reading:
         top = _top(run)
@@ -211,6 +225,25 @@ FIGURES: dict[str, FigureSpec] = {
         FigureSpec(
             "c_inline_p50_ms", f"p50 of an inline {BLOCKING_MS} ms blocking call in C", "ms",
             1, "lower", "closed", _route_p50(C_INLINE),
+        ),
+        FigureSpec(
+            "upstream_p50_ms", f"/upstream p50 ({UPSTREAM_CALLS} calls of {UPSTREAM_MS} ms)",
+            "ms", 1, "lower", "closed", _route_p50("/upstream"),
+        ),
+        FigureSpec(
+            "upstream_p99_ms", "/upstream p99", "ms", 1, "lower", "closed",
+            _route_p99("/upstream", _top),
+        ),
+        FigureSpec(
+            "upstream_bytes_per_request", "memory per in-flight /upstream request", "KiB",
+            1 / 1024, "lower", "closed", _fit_slope,
+        ),
+        FigureSpec(
+            "upstream_bytes_per_request_r2", "r² of that fit", "", 1, None, "closed", _fit_r2,
+        ),
+        FigureSpec(
+            "upstream_connections", "connections the upstream saw opened (pool reuse)", "",
+            1, "lower", "closed", _upstream_connections,
         ),
         FigureSpec(
             "offload_overhead_ms", f"offload overhead (mean, on a {BLOCKING_MS} ms call)", "ms",

@@ -7,6 +7,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from loadtest.driver.scenarios import SCENARIOS
 from loadtest.records import (
     Event,
     HeldProbe,
@@ -102,8 +103,11 @@ def build(out: Path) -> Results:
                 steps=run_steps,
                 driver_bound=any(s.driver_bound for s in run_steps),
                 memory_fit=analysis.memory_fit(run_steps)
-                if key.scenario == "io_hold" and key.model == "closed"
+                if key.scenario in SCENARIOS
+                and SCENARIOS[key.scenario].fits_memory
+                and key.model == "closed"
                 else None,
+                upstream_connections=finished[-1].upstream_connections if finished else None,
                 lag_series=analysis.lag_series(samples[key])
                 if key.scenario == "starvation"
                 else None,

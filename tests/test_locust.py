@@ -150,7 +150,10 @@ class WebUI:
         return json.loads(self.get("/stats/requests"))
 
     def swarm(self, host: str, users: int = 2) -> dict:
-        return self.post("/swarm", user_count=str(users), spawn_rate=str(users), host=host)
+        return self.post(
+            "/swarm", user_count=str(users), spawn_rate=str(users), host=host,
+            user_classes="PlaintextUser",
+        )  # fmt: skip
 
     def stop(self) -> None:
         self.post("/stop")
@@ -168,8 +171,8 @@ def _until(condition, failure: str, timeout: float = 30) -> None:
 def web_ui(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[WebUI, subprocess.Popen, int]]:
-    """Locust's web UI on the plaintext scenario, no host given, its client-metrics port taken
-    by someone else beforehand."""
+    """Locust's web UI on every scenario with the class picker, no host given, its
+    client-metrics port taken by someone else beforehand."""
     workdir = tmp_path_factory.mktemp("webui")
     web_port = _free_port()
     squatter = socket.socket()
@@ -178,7 +181,7 @@ def web_ui(
     taken = squatter.getsockname()[1]
     log = (workdir / "locust.log").open("wb")
     locust = subprocess.Popen(
-        [LOCUST, "-f", str(LOCUSTFILES / "plaintext.py"), "--web-host", "127.0.0.1",
+        [LOCUST, "-f", str(LOCUSTFILES), "--class-picker", "--web-host", "127.0.0.1",
          "--web-port", str(web_port)],
         env=_env(STACKBENCH_CLIENT_METRICS_PORT=str(taken)), cwd=workdir,
         stdout=log, stderr=subprocess.STDOUT,
@@ -220,11 +223,14 @@ def test_client_metrics_bind_loopback_and_say_which_port(web_ui) -> None:
     assert ("127.0.0.1", int(match[1])) in listening
 
 
-def test_web_ui_has_no_made_up_host(web_ui) -> None:
+def test_web_ui_offers_every_scenario_and_no_made_up_host(web_ui) -> None:
     ui, _, _ = web_ui
     page = ui.get("/").decode()
+    offered = re.search(r'"available_user_classes": \[([^\]]*)\]', page)
+    assert offered, "the class picker lists no user class"
+    assert set(re.findall(r'"(\w+)"', offered[1])) == {_class_name(s) for s in SCENARIOS}
     assert "configured-per-user" not in page
-    assert re.search(r'"host": ""', page), "the Host field starts empty without STACKBENCH_TARGETS"
+    assert '"host": ""' in page, "the Host field starts empty without STACKBENCH_TARGETS"
 
 
 def test_web_ui_loads_the_host_of_each_test(servers: dict[str, ServerProcess], web_ui) -> None:

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks run for real (installed if missing, as root).
 SYSTEM_PACKAGES := wrk prometheus docker-compose chromium valgrind wget
 
-.PHONY: demo serve test lint bench system-deps venv clean
+.PHONY: demo serve live test lint bench system-deps venv clean
 
 venv: $(BIN)/.installed
 
@@ -32,6 +32,10 @@ demo: venv
 
 serve: venv
 	$(BIN)/stackbench demo
+
+# The live view without Docker: servers, Locust's web UI, Prometheus (Grafana if installed).
+live: venv system-deps
+	$(BIN)/stackbench live
 
 lint: venv
 	$(BIN)/ruff check .

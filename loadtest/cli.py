@@ -183,6 +183,33 @@ def build_parser() -> argparse.ArgumentParser:
     from loadtest.orchestrator.profiles import CORE_SCENARIOS, PROFILES
     from servers.contract import STACK_TIER, TIERS
 
+    live = commands.add_parser(
+        "live",
+        help="the live view without Docker: servers, Locust's web UI and Prometheus",
+        description="Start the servers side by side, Locust's web UI on a scenario aimed at "
+        "all of them, and Prometheus (and Grafana, if on the PATH) scraping them with a "
+        "generated local config; print where each is; stop everything on Ctrl-C.",
+    )
+    live.add_argument(
+        "--tier", choices=[*TIERS, "all"], default="stack",
+        help="which servers (default stack: gevent, trio, aiohttp)",
+    )  # fmt: skip
+    live.add_argument(
+        "--scenario", default="mixed", help="the Locust file the web UI runs (default mixed)"
+    )
+    for option, default, what in (
+        ("--base-port", DEFAULT_PORT + 1, "the first server's port; the others take the next ones"),
+        ("--locust-port", 8089, "Locust's web UI"),
+        ("--client-metrics-port", 9646, "Locust's client metrics (taken: the next free one)"),
+        ("--prometheus-port", 9090, "Prometheus"),
+        ("--grafana-port", 3000, "Grafana, if one is on the PATH"),
+    ):
+        live.add_argument(option, type=_port, default=default, help=f"{what} (default {default})")
+    live.add_argument(
+        "--duration", type=_seconds, default=None, metavar="SECONDS", help="stop after this long"
+    )
+    live.set_defaults(run=_live)
+
     run = commands.add_parser(
         "run",
         help="measure the servers side by side and write results and an HTML report",
@@ -314,6 +341,27 @@ def _demo(args: argparse.Namespace) -> None:
     try:
         run_demo(args.base_port, args.duration)
     except ServerStartError as exc:
+        _fail(str(exc))
+
+
+def _live(args: argparse.Namespace) -> None:
+    from loadtest.driver.scenarios import SCENARIOS
+    from loadtest.orchestrator.live import LiveError, Ports, run_live
+    from loadtest.orchestrator.serverproc import ServerStartError
+    from servers.contract import IMPLS, TIERS
+
+    if args.scenario not in SCENARIOS:
+        _fail(f"unknown scenario {args.scenario!r}; choose from {', '.join(SCENARIOS)}")
+    servers = list(IMPLS if args.tier == "all" else TIERS[args.tier])
+    if args.base_port + len(servers) - 1 > 65535:
+        _fail(f"--base-port {args.base_port}: the {len(servers)} servers need the ports after it")
+    ports = Ports(
+        servers=args.base_port, locust=args.locust_port, client_metrics=args.client_metrics_port,
+        prometheus=args.prometheus_port, grafana=args.grafana_port,
+    )  # fmt: skip
+    try:
+        run_live(servers, args.scenario, ports, args.duration)
+    except (LiveError, ServerStartError) as exc:
         _fail(str(exc))
 
 

@@ -280,7 +280,9 @@ class Step(Record):
     seconds: float
     completed: int
     achieved_rps: float
-    intended_rps: float
+    # The open model's scheduled arrivals per second; None in the closed model, which has no
+    # schedule (each user sends when its last request returns).
+    intended_rps: float | None
     dropped: float
     errors: float
     # Exact to loadtest.histograms.RELATIVE_ERROR (HdrHistogram), every request of the step.

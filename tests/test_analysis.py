@@ -95,6 +95,27 @@ def test_percentiles_from_recorded_latencies_are_within_one_percent() -> None:
     assert step.mean_ms == pytest.approx(sum(values) / len(values), rel=0.01)
 
 
+def _with_intended(samples: list[Sample], per_sample: float) -> list[Sample]:
+    return [
+        s.model_copy(update={"client": s.client.model_copy(update={"intended": per_sample * i})})
+        for i, s in enumerate(samples)
+        if s.client is not None
+    ]
+
+
+def test_intended_rate_is_the_schedules_or_none() -> None:
+    """The open model counts scheduled arrivals; the closed model has no schedule and no
+    intended rate (not its completions again, which could never show it falling behind)."""
+    recorder = IntervalRecorder()
+    intervals = [recorder.take(0)["intervals"][-1] for _ in range(3)]
+    samples = _samples(intervals, [0, 100, 100])
+    # The schedule ran ahead of the completions: the driver or the server fell behind.
+    step = analysis.step_figures(_with_intended(samples, 150.0), driver_cores=1)
+    assert step is not None and step.intended_rps == 150 and step.achieved_rps == 100
+    step = analysis.step_figures(_with_intended(samples, 0.0), driver_cores=1)
+    assert step is not None and step.intended_rps is None and step.achieved_rps == 100
+
+
 def test_unacknowledged_intervals_are_sent_again() -> None:
     """A read that times out loses nothing: its intervals come with the next one."""
     recorder = IntervalRecorder()

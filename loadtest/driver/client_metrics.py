@@ -2,18 +2,18 @@
 Locust process on its own port.
 
 Locust's web stats keep a 10-second window; this is a real histogram fed by every request event,
-labelled by target server, scenario, route and outcome, beside the figures that tell whether the
-driver, not the server, was the limit: users, intended vs achieved requests, dropped arrivals and
-the driver's own CPU. The same port serves `/latency?ack=N`: every request's latency in exact
-HdrHistograms (latency_log.py), which `stackbench run` reads for its percentiles. Imported only
-inside Locust processes.
+labelled by server (`target`: its impl, as the server names itself), scenario, route and
+outcome, beside the figures that tell whether the driver, not the server, was the limit: users,
+intended vs achieved requests, dropped arrivals and the driver's own CPU. The same port serves
+`/latency?ack=N`: every request's latency in exact HdrHistograms (latency_log.py), which
+`stackbench run` reads for its percentiles. Imported only inside Locust processes.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from urllib.parse import parse_qs
 
 from gevent.pywsgi import WSGIServer
@@ -46,8 +46,9 @@ SERVICE_DURATION = Histogram(
 )
 INTENDED = Counter(
     "stackbench_client_intended_requests",
-    "Requests the scenario meant to send: scheduled arrivals in the open model, attempts in "
-    "the closed model. Compare its rate with the request rate to see the driver fall behind.",
+    "Open model: arrivals the schedule called for, sent or not. Compare its rate with the "
+    "request rate to see the driver or the server fall behind. The closed model has no "
+    "schedule (each user sends when its last request returns), so it stays 0 there.",
     ("target", "scenario"),
 )
 DROPPED = Counter(
@@ -71,6 +72,9 @@ class _DriverCpu(Collector):
     """CPU seconds of this Locust process, under the client namespace so that the load
     generator dashboard can show the driver's saturation beside its request rate."""
 
+    def __init__(self, role: str) -> None:
+        self.role = role
+
     def collect(self) -> Iterator[Metric]:
         times = os.times()
         family = CounterMetricFamily(
@@ -78,35 +82,41 @@ class _DriverCpu(Collector):
             "CPU time (user + system) used by this load-generator process.",
             labels=("role",),
         )
-        family.add_metric([_role], times.user + times.system)
+        family.add_metric([self.role], times.user + times.system)
         yield family
 
 
-_role = "local"
-_scenario = "unknown"
+_installed = False
 
 
-def name_scenario(scenario: str) -> None:
-    """The `scenario` label; set when the Locust file loads, before any request can fire."""
-    global _scenario
-    _scenario = scenario
-
-
-def install(environment: Environment) -> None:
-    """Export this process's metrics; called from a Locust file's `init` event."""
-    global _role
-    scenario = _scenario
+def install(environment: Environment, scenarios: Mapping[str, str]) -> None:
+    """Export this process's metrics, once however many Locust files were loaded (they share
+    prometheus_client's one registry). `scenarios` maps user class names to scenario names.
+    Called from the `init` event."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
     runner = environment.runner
+    role = "local"
     if isinstance(runner, MasterRunner):
-        _role = "master"
+        role = "master"
     elif isinstance(runner, WorkerRunner):
-        _role = "worker"
-    REGISTRY.register(_DriverCpu())
-    if runner is not None:
-        USERS.labels(scenario, _role).set_function(lambda: runner.user_count)
-    INTENDED_RATE.labels(scenario).set(0)
-    port = _serve(settings.read().client_metrics_port)
-    print(f"stackbench client metrics ({_role}) on :{port}/metrics", flush=True)
+        role = "worker"
+    REGISTRY.register(_DriverCpu(role))
+    for class_name, scenario in scenarios.items():
+        if runner is not None:
+            USERS.labels(scenario, role).set_function(
+                lambda name=class_name: runner.user_classes_count.get(name, 0)
+            )
+        INTENDED_RATE.labels(scenario).set(0)
+    config = settings.read()
+    wanted = config.client_metrics_port
+    port = _serve(config.client_metrics_host, wanted)
+    line = settings.METRICS_ANNOUNCE.format(role=role, host=config.client_metrics_host, port=port)
+    if wanted and port != wanted:
+        line += f" (port {wanted} was taken)"
+    print(line, flush=True)
 
 
 def _app(environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -126,9 +136,10 @@ def _app(environ: dict, start_response: Callable) -> Iterable[bytes]:
 _metrics_app = make_wsgi_app()
 
 
-def _serve(base_port: int) -> int:
-    for port in range(base_port, base_port + PORTS_TO_TRY):
-        server = WSGIServer(("0.0.0.0", port), _app, log=None, error_log=None)
+def _serve(host: str, base_port: int) -> int:
+    """Listen on `base_port`, or the next free one (0: any); the port taken."""
+    for port in range(base_port, base_port + (PORTS_TO_TRY if base_port else 1)):
+        server = WSGIServer((host, port), _app, log=None, error_log=None)
         try:
             server.start()
         except OSError as exc:
@@ -139,10 +150,10 @@ def _serve(base_port: int) -> int:
     raise OSError(f"no free port for client metrics in {base_port}..{port}")
 
 
-def touch_target(target: str) -> None:
+def touch_target(target: str, scenario: str) -> None:
     """Create a target's counters at zero, so dashboards show 0 rather than no data."""
-    INTENDED.labels(target, _scenario)
-    DROPPED.labels(target, _scenario)
+    INTENDED.labels(target, scenario)
+    DROPPED.labels(target, scenario)
 
 
 @events.request.add_listener
@@ -157,13 +168,12 @@ def _on_request(
 ) -> None:
     context = context or {}
     target = context.get("target", "unknown")
+    scenario = context.get("scenario", "unknown")
     route = context.get("route", name)
     outcome = "error" if exception else "ok"
-    REQUEST_DURATION.labels(target, _scenario, route, outcome).observe(response_time / 1000)
+    REQUEST_DURATION.labels(target, scenario, route, outcome).observe(response_time / 1000)
     service_ms = context.get("service_ms")
-    SERVICE_DURATION.labels(target, _scenario, route).observe(
+    SERVICE_DURATION.labels(target, scenario, route).observe(
         (response_time if service_ms is None else service_ms) / 1000
     )
     RECORDER.record(target, route, response_time, service_ms)
-    if not context.get("open_model"):
-        INTENDED.labels(target, _scenario).inc()

@@ -15,12 +15,18 @@ configures the Locust side. Named and read here only; the Locust side reads them
     STACKBENCH_LEVELS              users (open model: streams) per step, e.g. 8,32,128
                                    (default: the scenario's own levels)
     STACKBENCH_CLIENT_METRICS_PORT where the first Locust process serves /metrics and /latency
-                                   (default 9646; forked workers take the next free ports)
+                                   (default 9646; taken, or for forked workers: the next free
+                                   port, printed; 0: any free port)
+    STACKBENCH_CLIENT_METRICS_HOST the address it binds (default 127.0.0.1; 0.0.0.0 where
+                                   Prometheus scrapes from another host or container)
+
+The README's table of these variables is checked against this module by the tests.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -36,9 +42,17 @@ SHAPE = "STACKBENCH_SHAPE"
 STEP_SECONDS = "STACKBENCH_STEP_SECONDS"
 LEVELS = "STACKBENCH_LEVELS"
 CLIENT_METRICS_PORT = "STACKBENCH_CLIENT_METRICS_PORT"
+CLIENT_METRICS_HOST = "STACKBENCH_CLIENT_METRICS_HOST"
 
 MODELS = ("closed", "open")
 DEFAULT_CLIENT_METRICS_PORT = 9646
+DEFAULT_CLIENT_METRICS_HOST = "127.0.0.1"
+# What each Locust process prints once its metrics endpoint listens; `stackbench run` and
+# `stackbench live` read the port from it.
+METRICS_ANNOUNCE = "stackbench client metrics ({role}) on http://{host}:{port}/metrics"
+METRICS_ANNOUNCE_PATTERN = re.compile(
+    r"stackbench client metrics \((\w+)\) on http://([^\s/]+):(\d+)/metrics"
+)
 
 
 class ConfigError(ValueError):
@@ -57,6 +71,7 @@ class DriverSettings:
     step_seconds: float = 10.0
     levels: tuple[int, ...] = ()
     client_metrics_port: int = DEFAULT_CLIENT_METRICS_PORT
+    client_metrics_host: str = DEFAULT_CLIENT_METRICS_HOST
 
 
 def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -105,6 +120,7 @@ def read(env: Mapping[str, str] | None = None) -> DriverSettings:
         client_metrics_port=int(
             _number(env, CLIENT_METRICS_PORT, DEFAULT_CLIENT_METRICS_PORT, 0, 65535)
         ),
+        client_metrics_host=env.get(CLIENT_METRICS_HOST) or DEFAULT_CLIENT_METRICS_HOST,
     )
 
 
@@ -118,6 +134,7 @@ def as_environment(settings: DriverSettings) -> dict[str, str]:
         CONNECTIONS: str(settings.connections),
         STEP_SECONDS: f"{settings.step_seconds:g}",
         CLIENT_METRICS_PORT: str(settings.client_metrics_port),
+        CLIENT_METRICS_HOST: settings.client_metrics_host,
     }
     if settings.allow_remote:
         env[ALLOW_REMOTE] = "1"

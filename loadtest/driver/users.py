@@ -6,89 +6,125 @@ send less, and the stall disappears from the latency figures (coordinated omissi
 model starts every request at its scheduled time whether or not earlier ones have returned,
 measures latency from that intended start, and counts arrivals it could not send.
 
-Configuration comes from the environment (STACKBENCH_*, listed in loadtest/driver/settings.py),
-so the same Locust file serves the web UI, headless runs, master/worker setups and
-`stackbench run`.
+Each Locust file defines one user class per scenario (`class PlaintextUser(StackbenchUser)`),
+so `locust -f` takes one file, a comma list or the folder, and `--list` and the web UI's class
+picker name them. Configuration comes from the environment (STACKBENCH_*, listed in
+loadtest/driver/settings.py), so the same files serve the web UI, headless runs, master/worker
+setups and `stackbench run`. The hooks below are registered once per process, however many
+files are loaded.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 import itertools
+import logging
 import random
 import sys
 import time
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from typing import Any, ClassVar, NoReturn
 
 import gevent
+import gevent.event
 import gevent.pool
 import gevent.queue
+from flask import jsonify, request
 from geventhttpclient import HTTPClient
 from locust import FastHttpUser, LoadTestShape, User, constant, events, task
 from locust.env import Environment
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, WorkerRunner
 
 from loadtest.driver import client_metrics, settings
+from loadtest.driver.levels import cap_levels, step_levels
 from loadtest.driver.scenarios import Request, Scenario, get_scenario
 from loadtest.driver.settings import ConfigError
+from loadtest.driver.targets import Target, chosen_targets, default_host
+from servers.contract import IMPL_HEADER
+
+__all__ = ["ClosedModelUser", "OpenModelUser", "StackbenchUser", "StepShape", "step_shape"]
+
+logger = logging.getLogger(__name__)
+PROBE_TIMEOUT_S = 5.0
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    url: str
+def usage_error(message: str) -> NoReturn:
+    """One line, exit 2: how every refused setting ends a Locust process."""
+    print(f"stackbench: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+try:
+    CONFIG = settings.read()
+except ConfigError as exc:
+    usage_error(str(exc))
+
+
+def _impl_of(url: str) -> str | None:
+    """The name the server at `url` gives itself (its X-Stackbench-Impl header)."""
+    client = HTTPClient.from_url(
+        url, concurrency=1, connection_timeout=PROBE_TIMEOUT_S, network_timeout=PROBE_TIMEOUT_S
+    )
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name: not resolved here, so it is not assumed to be local
-
-
-def parse_targets(spec: str, allow_remote: bool = False) -> list[Target]:
-    """`gevent=http://h:1,trio=http://h:2` (or bare URLs, named by host:port). Load goes to
-    loopback addresses only unless `allow_remote` (STACKBENCH_ALLOW_REMOTE=1) says otherwise."""
-    targets = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, url = item.rpartition("=") if "=" in item else ("", "", item)
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"target {item!r} is not name=http://host:port")
-        if not allow_remote and not is_loopback(parts.hostname or ""):
-            raise ConfigError(
-                f"target {url} is not a loopback address; to load another host on purpose, "
-                "set STACKBENCH_ALLOW_REMOTE=1"
-            )
-        targets.append(Target(name or parts.netloc, url.rstrip("/")))
-    if not targets:
-        raise ConfigError("no targets: set STACKBENCH_TARGETS or pass --host")
-    return targets
+        response = client.get("/healthz")
+        response.read()
+        impl = response.get(IMPL_HEADER)
+        return impl if isinstance(impl, str) else None
+    finally:
+        client.close()
 
 
 class _Targets:
-    """Hands users their target in turn, so each server gets the same share of the load."""
+    """The servers of the current test, handed to users in turn (each server gets the same
+    share of the load), each named as the server names itself: one server, one name, whatever
+    address it was reached at."""
 
     def __init__(self) -> None:
-        self._turn = itertools.count()
         self.targets: list[Target] = []
+        self._turn = itertools.count()
+        self._names: dict[str, gevent.event.AsyncResult] = {}
 
-    def configure(self, spec: str) -> None:
-        self.targets = parse_targets(spec, settings.read().allow_remote)
-        for target in self.targets:
-            client_metrics.touch_target(target.name)
+    def choose(self, host: str | None) -> None:
+        """The servers a test started with `host` loads; ConfigError if none or refused."""
+        self.targets = chosen_targets(host, CONFIG.targets, CONFIG.allow_remote)
+        self._turn = itertools.count()
+        self._names = {}
 
     def next(self, environment: Environment) -> Target:
-        if not self.targets:
-            # Configured here, not only at `init`: a forked worker may be told to spawn users
-            # before its init listeners have run, and the host may only arrive with the start.
-            self.configure(settings.read().targets or environment.host or "")
+        if not self.targets:  # a user spawned outside a test start (a library caller)
+            self.choose(environment.host)
         return self.targets[next(self._turn) % len(self.targets)]
+
+    def name(self, target: Target) -> str:
+        """Asked of the server once per test; users that ask meanwhile wait for the answer."""
+        answer = self._names.get(target.url)
+        if answer is None:
+            answer = self._names[target.url] = gevent.event.AsyncResult()
+            answer.set(self._ask(target))
+        return answer.get()
+
+    def _ask(self, target: Target) -> str:
+        try:
+            impl = _impl_of(target.url)
+        except Exception as exc:  # down or not HTTP: the load itself will show the errors
+            logger.warning("%s did not answer (%s): its rows are named %s",
+                           target.url, exc, target.given_name)  # fmt: skip
+            return target.given_name
+        if impl is None:
+            logger.warning("%s sends no %s header: its rows are named %s",
+                           target.url, IMPL_HEADER, target.given_name)  # fmt: skip
+            return target.given_name
+        taken = {a.value for url, a in self._names.items() if url != target.url and a.ready()}
+        if impl in taken:
+            logger.warning("%s is %s like another target: its rows are named %s",
+                           target.url, impl, target.given_name)  # fmt: skip
+            return target.given_name
+        return impl
 
 
 TARGETS = _Targets()
+# Locust's user count for the step shape's cap: -u at start, the web UI's field at each start.
+_requested_users: int | None = None
 
 
 def _pick(requests: tuple[Request, ...]) -> Request:
@@ -99,23 +135,46 @@ def _headers(request: Request) -> dict[str, str]:
     return {"Content-Type": request.content_type} if request.content_type else {}
 
 
-class ClosedModelUser(FastHttpUser):
+class _ScenarioUser:
+    """What both models share: a subclass names its scenario, which is looked up in the
+    scenario table; the Host that Locust's web UI starts with."""
+
+    scenario_name: ClassVar[str] = ""
+    scenario: ClassVar[Scenario]
+    host = default_host(CONFIG.targets)
+    target: Target
+    server_name: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("scenario_name"):
+            try:
+                cls.scenario = get_scenario(cls.scenario_name)
+            except ValueError as exc:
+                usage_error(str(exc))
+
+    def _meet_server(self) -> None:
+        self.server_name = TARGETS.name(self.target)
+        client_metrics.touch_target(self.server_name, self.scenario.name)
+
+
+class ClosedModelUser(_ScenarioUser, FastHttpUser):
     """N users, each sending its next request as soon as the last one returned."""
 
     abstract = True
-    scenario: Scenario
     wait_time = constant(0)
-    host = "http://configured-per-user"  # replaced per instance by the user's target
 
     def __init__(self, environment: Environment) -> None:
         self.target = TARGETS.next(environment)
         self.host = self.target.url
+        self.server_name = self.target.given_name
         super().__init__(environment)
 
     def context(self) -> dict:
-        return {"target": self.target.name}
+        return {"target": self.server_name, "scenario": self.scenario.name}
 
     def on_start(self) -> None:
+        self._meet_server()
         if self.scenario.stagger_seconds:
             gevent.sleep(random.uniform(0, self.scenario.stagger_seconds))
 
@@ -127,40 +186,41 @@ class ClosedModelUser(FastHttpUser):
             request.target,
             data=request.body,
             headers=_headers(request),
-            name=f"{self.target.name} {request.route}",
+            name=f"{self.server_name} {request.route}",
             context={"route": request.route},
         )
 
 
-class OpenModelUser(User):
+class OpenModelUser(_ScenarioUser, User):
     """One arrival stream of STACKBENCH_RATE requests per second at one target."""
 
     abstract = True
-    scenario: Scenario
     wait_time = constant(0)
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         self.target = TARGETS.next(environment)
-        config = settings.read()
-        self.rate = config.rate
-        self.max_in_flight = config.max_in_flight
-        connections = config.connections
+        self.server_name = self.target.given_name
+        self.rate = CONFIG.rate
+        self.max_in_flight = CONFIG.max_in_flight
         # Like wrk2: a fixed set of connections. An arrival that finds them all busy waits in
         # the driver, and that wait is part of its latency (it was due to start earlier).
         self.connections: gevent.queue.Queue = gevent.queue.Queue()
-        for _ in range(connections):
+        for _ in range(CONFIG.connections):
             self.connections.put(
                 HTTPClient.from_url(
                     self.target.url, concurrency=1, connection_timeout=10, network_timeout=120
                 )
             )
 
+    def on_start(self) -> None:
+        self._meet_server()
+
     @task
     def arrive_on_schedule(self) -> None:
         in_flight = gevent.pool.Pool(self.max_in_flight)
-        intended = client_metrics.INTENDED.labels(self.target.name, self.scenario.name)
-        dropped = client_metrics.DROPPED.labels(self.target.name, self.scenario.name)
+        intended = client_metrics.INTENDED.labels(self.server_name, self.scenario.name)
+        dropped = client_metrics.DROPPED.labels(self.server_name, self.scenario.name)
         rate_gauge = client_metrics.INTENDED_RATE.labels(self.scenario.name)
         rate_gauge.inc(self.rate)
         started = time.perf_counter()
@@ -198,16 +258,16 @@ class OpenModelUser(User):
         done = time.perf_counter()
         self.environment.events.request.fire(
             request_type=request.method,
-            name=f"{self.target.name} {request.route}",
+            name=f"{self.server_name} {request.route}",
             response_time=(done - due) * 1000,  # from the intended start
             response_length=length,
             response=None,
             exception=exception,
             context={
-                "target": self.target.name,
+                "target": self.server_name,
+                "scenario": self.scenario.name,
                 "route": request.route,
                 "service_ms": (done - sent) * 1000,
-                "open_model": True,
             },
             start_time=time.time() - (done - due),
             url=self.target.url + request.target,
@@ -218,54 +278,113 @@ class OpenModelUser(User):
             self.connections.get().close()
 
 
+# What a Locust file's user class derives from: the model STACKBENCH_MODEL names.
+StackbenchUser: type[ClosedModelUser] | type[OpenModelUser] = (
+    ClosedModelUser if CONFIG.model == "closed" else OpenModelUser
+)
+
+
 class StepShape(LoadTestShape):
-    """Steps through the scenario's levels (users, or arrival streams in the open model)."""
+    """Steps through the scenario's levels (users, or arrival streams in the open model), up
+    to Locust's user count when one is given (-u, or the web UI's field)."""
 
     abstract = True
-    levels: tuple[int, ...] = ()
-    step_seconds = 10.0
+    use_common_options = True  # the user count caps the levels; the web UI shows its field
+    levels: ClassVar[tuple[int, ...]] = ()
+    step_seconds: ClassVar[float] = 10.0
+    _running: tuple[int, ...] = ()
+
+    def reset_time(self) -> None:
+        super().reset_time()
+        self._running, note = cap_levels(self.levels, _requested_users)
+        if note:
+            logger.warning("stackbench: %s", note)
 
     def tick(self) -> tuple[int, float] | None:
+        levels = self._running or self.levels
         step = int(self.get_run_time() // self.step_seconds)
-        if step >= len(self.levels):
+        if step >= len(levels):
             return None
-        users = self.levels[step]
+        users = levels[step]
         return users, max(users, 1)  # reach each level within about a second
 
 
-def scenario_classes(name: str) -> tuple[type[User], type[LoadTestShape] | None]:
-    """The user class (and step shape, if asked for) that a Locust file for `name` exposes."""
+def step_shape(user: type[_ScenarioUser]) -> type[StepShape] | None:
+    """The step shape through `user`'s scenario levels, if STACKBENCH_SHAPE=steps asks for it."""
+    if not CONFIG.steps:
+        return None
+    name = user.__name__.removesuffix("User") + "Shape"
+    return type(
+        name,
+        (StepShape,),
+        {
+            "levels": step_levels(user.scenario, CONFIG),
+            "step_seconds": CONFIG.step_seconds,
+            "__module__": user.__module__,
+        },
+    )
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: object) -> None:
+    global _requested_users
+    scenarios = {
+        name: cls.scenario.name
+        for name, cls in (environment.available_user_classes or {}).items()
+        if issubclass(cls, _ScenarioUser)
+    }
+    options = environment.parsed_options
+    _requested_users = getattr(options, "num_users", None)
+    worker = isinstance(environment.runner, WorkerRunner)  # given its host with each start
+    if not worker and options is not None and (options.headless or options.autostart):
+        try:  # refused before anything starts
+            TARGETS.choose(environment.host)
+        except ConfigError as exc:
+            usage_error(str(exc))
     try:
-        scenario = get_scenario(name)
-        config = settings.read()
-    except ValueError as exc:  # ConfigError included
-        print(f"stackbench: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        client_metrics.install(environment, scenarios)
+    except OSError as exc:
+        print(f"stackbench: error: client metrics: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    if environment.web_ui is not None:
+        _guard_swarm(environment)
 
-    client_metrics.name_scenario(scenario.name)
 
-    @events.init.add_listener
-    def _setup(environment: Environment, **_: object) -> None:
-        client_metrics.install(environment)
-        if config.targets:
-            try:
-                TARGETS.configure(config.targets)
-            except ConfigError as exc:
-                print(f"stackbench: error: {exc}", file=sys.stderr)
-                raise SystemExit(2) from None
+@events.test_start.add_listener
+def _on_test_start(environment: Environment, **_: object) -> None:
+    """Each test loads the host it was started with (a new one in the web UI included)."""
+    try:
+        TARGETS.choose(environment.host)
+    except ConfigError as exc:  # only where no check ran before: a worker told by a master
+        logger.error("stackbench: %s", exc)
+        TARGETS.targets = []
 
-    base = ClosedModelUser if config.model == "closed" else OpenModelUser
-    user = type(f"{name}_{config.model}", (base,), {"scenario": scenario, "__module__": __name__})
-    shape = None
-    if config.steps:
-        # In the open model each user is one arrival stream: the scenario's rate steps
-        # become stream counts at STACKBENCH_RATE each.
-        levels = config.levels or scenario.user_steps
-        if config.model == "open" and not config.levels:
-            levels = tuple(max(1, round(r / config.rate)) for r in scenario.rate_steps)
-        shape = type(
-            f"{name}_steps",
-            (StepShape,),
-            {"levels": levels, "step_seconds": config.step_seconds, "__module__": __name__},
-        )
-    return user, shape
+
+def _guard_swarm(environment: Environment) -> None:
+    """The web UI's start (POST /swarm) refuses a host it cannot load, with the reason shown
+    in the UI, and stops any test running; otherwise Locust goes on as usual. Wrapped in the
+    web UI's own authentication, so that a refusal needs the rights a start needs."""
+    web_ui = environment.web_ui
+    assert web_ui is not None
+    endpoint = next(e for e in web_ui.app.view_functions if e.rpartition(".")[2] == "swarm")
+    start = web_ui.app.view_functions[endpoint]
+
+    @functools.wraps(start)
+    def swarm(*args: object, **kwargs: object) -> Any:
+        global _requested_users
+        users = request.form.get("user_count", "")
+        if users.isdigit():
+            _requested_users = int(users)
+        host = request.form.get("host", environment.host)
+        try:
+            chosen_targets(host, CONFIG.targets, CONFIG.allow_remote)
+        except ConfigError as exc:
+            runner = environment.runner
+            if runner is not None and runner.state in (STATE_SPAWNING, STATE_RUNNING):
+                runner.stop()
+            logger.error("stackbench: refused to start: %s", exc)
+            return jsonify({"success": False, "message": str(exc), "host": environment.host})
+        return start(*args, **kwargs)
+
+    guarded: Callable = web_ui.auth_required_if_enabled(swarm)
+    web_ui.app.view_functions[endpoint] = guarded

@@ -2,9 +2,14 @@
 
     locust -f loadtest/locustfiles/echo.py --host http://127.0.0.1:8081
 
-Model, targets and shape come from STACKBENCH_* variables: see loadtest/driver/users.py.
+Model, targets and shape come from STACKBENCH_* variables (the README lists them).
 """
 
-from loadtest.driver.users import scenario_classes
+from loadtest.driver.users import StackbenchUser, step_shape
 
-ScenarioUser, ScenarioShape = scenario_classes("echo")
+
+class EchoUser(StackbenchUser):
+    scenario_name = "echo"
+
+
+EchoShape = step_shape(EchoUser)  # None unless STACKBENCH_SHAPE=steps

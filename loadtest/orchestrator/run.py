@@ -8,7 +8,6 @@ import dataclasses
 import importlib.metadata
 import os
 import platform
-import re
 import resource
 import signal
 import socket
@@ -55,7 +54,6 @@ from servers.contract import TIERS
 
 LOCUSTFILES = Path(__file__).resolve().parent.parent / "locustfiles"
 LOCUST_START_TIMEOUT_S = 30.0
-CLIENT_METRICS_LINE = re.compile(r"stackbench client metrics \(\w+\) on :(\d+)/metrics")
 FD_HEADROOM = 256
 OPEN_MODEL_SCENARIO = "starvation"  # the open-model pass: where stalls hide from closed loops
 HELD_SCENARIO = "io_hold"  # followed by memory per request measured without Locust
@@ -555,9 +553,9 @@ def _wait_for_metrics(log: Path, locust: subprocess.Popen, processes: int) -> li
     expected = processes + 1 if processes > 1 else 1
     deadline = time.monotonic() + LOCUST_START_TIMEOUT_S
     while time.monotonic() < deadline and locust.poll() is None:
-        ports = CLIENT_METRICS_LINE.findall(log.read_text(errors="replace"))
-        if len(ports) >= expected:
-            return [f"http://127.0.0.1:{port}" for port in ports]
+        found = settings.METRICS_ANNOUNCE_PATTERN.findall(log.read_text(errors="replace"))
+        if len(found) >= expected:
+            return [f"http://{host}:{port}" for _, host, port in found]
         time.sleep(0.1)
     return []
 

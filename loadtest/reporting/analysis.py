@@ -153,7 +153,8 @@ def step_figures(
         seconds=seconds,
         completed=round(completed),
         achieved_rps=achieved,
-        intended_rps=(c1.intended - c0.intended) / seconds,
+        # Only the open model counts intended requests (its schedule); 0 throughout: closed.
+        intended_rps=(c1.intended - c0.intended) / seconds if c1.intended else None,
         dropped=c1.dropped - c0.dropped,
         errors=c1.errors - c0.errors,
         p50_ms=overall.p50_ms if overall else None,

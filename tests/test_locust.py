@@ -78,18 +78,31 @@ def test_list_names_every_scenarios_user_class(tmp_path: Path) -> None:
     assert listed == {_class_name(s) for s in SCENARIOS}
 
 
+@pytest.fixture(scope="module")
+def trio_with_upstream() -> Iterator[ServerProcess]:
+    """trio with an upstream of its own, so that every scenario's requests succeed."""
+    with (
+        ServerProcess("aiohttp") as upstream,
+        ServerProcess("trio", extra_args=("--upstream", upstream.url)) as server,
+    ):
+        yield server
+
+
 @pytest.mark.parametrize(
     ("files", "routes"),
     [
-        ([str(LOCUSTFILES)], {"/", "/echo", "/sleep", "/cpu", "/blocking", "/fanout"}),
+        (
+            [str(LOCUSTFILES)],
+            {"/", "/echo", "/sleep", "/cpu", "/blocking", "/fanout", "/upstream"},
+        ),
         ([str(LOCUSTFILES / "plaintext.py"), str(LOCUSTFILES / "echo.py")], {"/", "/echo"}),
     ],
     ids=["folder", "comma-list"],
 )
 def test_several_files_run_together(
-    servers: dict[str, ServerProcess], tmp_path: Path, files: list[str], routes: set[str]
+    trio_with_upstream: ServerProcess, tmp_path: Path, files: list[str], routes: set[str]
 ) -> None:
-    server = servers["trio"]
+    server = trio_with_upstream
     before = _served(server)
     done = _locust(
         "-f", ",".join(files), "--host", server.url, "--headless",

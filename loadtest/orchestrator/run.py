@@ -348,11 +348,11 @@ def _start_upstream(plan: Plan, driver_cpus: list[int]) -> ServerProcess | None:
 
 
 def _upstream_connections(upstream: ServerProcess) -> int | None:
-    """Connections the upstream has accepted, this scrape's own left out."""
+    """Connections the upstream has accepted so far (this scrape's own included)."""
     samples = scrape(upstream.url + "/metrics")
     if samples is None:
         return None
-    return int(sum(s.value for s in samples if s.name == "http_server_connections_total")) - 1
+    return int(sum(s.value for s in samples if s.name == "http_server_connections_total"))
 
 
 def _run_server(
@@ -541,7 +541,8 @@ def _run_scenario(
         opened = None
         if counts_upstream and upstream_before is not None:
             after = _upstream_connections(upstream)
-            opened = after - upstream_before if after is not None else None
+            # less the second scrape's own connection
+            opened = after - upstream_before - 1 if after is not None else None
         if error:
             _event(log, key, "failed", error=error)
         else:

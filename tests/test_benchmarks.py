@@ -121,3 +121,14 @@ def test_instruction_count_benchmark_counts_per_request(tmp_path: Path) -> None:
         assert row[kind]["idle_per_s"] >= 0, kind
     assert row["ratio"] > 0
     assert "telemetry share" in done.stdout
+
+
+def test_upstream_clients_benchmark_reports_every_client() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "upstream_clients.py"), "--rounds", "1", "--calls", "20"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [line.rsplit(maxsplit=2) for line in done.stdout.splitlines()[2:]]
+    assert [row[0].split()[0] for row in rows] == ["urllib3", "aiohttp", "httpx", "httpx"]
+    assert all(float(row[1]) > 0 for row in rows), done.stdout

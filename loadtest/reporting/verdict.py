@@ -74,6 +74,12 @@ CLAIMS: tuple[Claim, ...] = (
         "fanout:per_child", "µs", 1, "plaintext,fanout", _stackful, "stackful", "stackless",
     ),
     Claim(
+        "clients", "Waiting on another service costs the coloured world more (it needs "
+        "clients of its own: CPU per /upstream request)",
+        "cpu:upstream", "µs", 1, "upstream", _explicit_await, "explicit-await",
+        "implicit-yield",
+    ),
+    Claim(
         "starvation", "One busy task starves the others (cooperative scheduling)",
         "starvation_probe_p99_ms", "ms", 1, "starvation", _cooperative, "cooperative",
         "preemptive",
@@ -142,6 +148,7 @@ def _value(figure: Figure, claim: Claim) -> str:
 ALSO = {
     "colouring": ("offload_overhead_ms", "Offloading the call to a thread costs", "per call"),
     "starvation": ("starvation_lag_p99_ms", "Scheduler lag p99 meanwhile, at most:", ""),
+    "clients": ("upstream_p99_ms", "/upstream p99 (four 50 ms calls):", ""),
 }
 
 

@@ -52,7 +52,7 @@ def _default_profile(compose: dict) -> set[str]:
 
 def test_compose_has_the_stack(compose: dict) -> None:
     assert _default_profile(compose) == {
-        *SERVERS, "locust-master", "locust-worker", "prometheus", "grafana",
+        *SERVERS, "upstream", "locust-master", "locust-worker", "prometheus", "grafana",
     }  # fmt: skip
     runtime = {n for n, s in compose["services"].items() if "runtime" in s.get("profiles", [])}
     assert runtime == set(RUNTIME_TIER) - set(SERVERS)
@@ -230,7 +230,7 @@ def test_every_command_is_a_real_cli_invocation(compose: dict) -> None:
         checked += 1
         if command[0] == "locust":
             assert Path(local[2]).is_file(), f"{name}: no Locust file {command[2]}"
-    assert checked == len(IMPLS) + 2  # every server, the Locust master and worker
+    assert checked == len(IMPLS) + 3  # every server, the upstream, the Locust master and worker
 
 
 def test_every_scenario_has_a_locust_file() -> None:

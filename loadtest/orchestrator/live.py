@@ -223,8 +223,14 @@ def run_live(servers: Sequence[str], scenario: str, ports: Ports, duration: floa
     work = Path(tempfile.mkdtemp(prefix="stackbench-live-"))
     try:
         with contextlib.ExitStack() as stack:
+            # What the servers' /upstream calls (the upstream scenario, in the class picker).
+            upstream = stack.enter_context(ServerProcess("aiohttp", extra_args=("--uvloop",)))
             started = {
-                impl: stack.enter_context(ServerProcess(impl, port=ports.servers + offset))
+                impl: stack.enter_context(
+                    ServerProcess(
+                        impl, port=ports.servers + offset, extra_args=("--upstream", upstream.url)
+                    )
+                )
                 for offset, impl in enumerate(servers)
             }
             targets = ",".join(f"{impl}={server.url}" for impl, server in started.items())

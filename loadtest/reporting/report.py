@@ -473,8 +473,9 @@ figures below: memory per in-flight request with raw held connections, server CP
 plaintext request, CPU per child task of a fan-out (the fanout request's CPU less a plaintext
 request's, over its 20 children), <code>/json</code> p99 beside blocking calls (inline, in
 Python and in C) and beside CPU-bound requests, and server CPU per request that calls another
-service through the server's own HTTP client (urllib3, aiohttp's, httpx). A claim is decided only where the repeats'
-ranges of the two kinds of server do not overlap; otherwise the row says what is missing.</p>
+service through the server's own HTTP client (urllib3, aiohttp's, httpx). A claim is decided
+only where the repeats' ranges of the two kinds of server do not overlap; otherwise the row
+says what is missing.</p>
 {_verdict_table(results)}
 <h2>CPU per request</h2>
 {_cpu_table(results)}

@@ -208,6 +208,14 @@ def _server_comparison() -> Dashboard:
                 "Requests received and not yet answered.",
             ),
             Panel(
+                "Connections accepted",
+                "cps",
+                (Query(_rate_sum("http_server_connections_total", SERVER, "impl"), "{{impl}}"),),
+                "impl",
+                "New client connections per second, shed ones included. Keep-alive clients "
+                "open few; a steady rate under steady load means connections are not reused.",
+            ),
+            Panel(
                 "Live tasks / greenlets / threads",
                 "short",
                 (Query(f"stackbench_tasks{{{SERVER}}}", "{{impl}}"),),

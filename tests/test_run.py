@@ -345,7 +345,8 @@ def test_open_model_corrects_for_a_stalling_server(tmp_path: Path) -> None:
             last = _latency_intervals(client_port) or last
             time.sleep(0.3)
     assert last, "never reached Locust's /latency"
-    routes = [route for interval in last for route in interval["histograms"]["trio"].values()]
+    # (Locust, read and never acknowledged, holds its exit a while: its last intervals are empty.)
+    routes = [r for interval in last for r in interval["histograms"].get("trio", {}).values()]
     corrected = histograms.merge(r["latency"] for r in routes)
     uncorrected = histograms.merge(r["service"] for r in routes)
     assert corrected.get_total_count() > 500  # ~200/s for 6 s

@@ -102,15 +102,16 @@ def client_snapshot(samples: list) -> ClientSnapshot:
 
 class LatencyReader:
     """Reads the exact latency intervals of several Locust processes (/latency), each
-    acknowledged only once received, and merges them per route for one target."""
+    acknowledged only once received, and merges them per route for one target. Each process
+    is read on its own: one that does not answer (slow, or gone after handing over its last
+    requests) delays only its own intervals, which come with its next answer."""
 
     def __init__(self, urls: list[str], target: str) -> None:
         self.target = target
         self._acknowledged = dict.fromkeys(urls, 0)
 
     def read(self) -> dict[str, RouteHistograms] | None:
-        """What completed since the last successful read; None if a process did not answer
-        (what it held comes with the next read)."""
+        """What completed since the last successful read; None if no process answered."""
         fetched = {}
         for url, acknowledged in self._acknowledged.items():
             try:
@@ -119,7 +120,9 @@ class LatencyReader:
                 ) as response:
                     fetched[url] = json.loads(response.read())["intervals"]
             except (OSError, ValueError, KeyError, http.client.HTTPException):
-                return None
+                continue
+        if not fetched:
+            return None
         per_route: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for url, intervals in fetched.items():
             for interval in intervals:

@@ -328,6 +328,9 @@ class ScenarioRun(Record):
     level_starts: list[tuple[float, float]] | None = None
     # upstream: connections the upstream accepted while the scenario ran (the client's reuse)
     upstream_connections: int | None = None
+    # Every request in the exact histograms per route, ramps and the end included: what the
+    # server's own request counter should say the run sent (none for the held probe)
+    recorded_requests: dict[str, int] | None = None
 
 
 class Figure(Record):

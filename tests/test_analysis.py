@@ -144,6 +144,21 @@ def test_a_recorder_holds_its_exit_until_its_last_request_is_acknowledged() -> N
     assert not recorder.unacknowledged()
 
 
+def test_recorded_requests_count_every_interval_ramps_included() -> None:
+    recorder = IntervalRecorder()
+    intervals = [recorder.take(0)["intervals"][-1]]
+    for count in (3, 0, 4):
+        for _ in range(count):
+            recorder.record("trio", "/", 1.0)
+        recorder.record("trio", "/json", 2.0)
+        intervals.append(recorder.take(intervals[-1]["seq"])["intervals"][-1])
+    samples = _samples(intervals, [0, 4, 1, 5])
+    assert analysis.recorded_requests(samples) == {"/": 7, "/json": 3}
+    # A sample whose Locust processes did not answer carries none (they come with the next).
+    unanswered = samples[0].model_copy(update={"latency": None})
+    assert analysis.recorded_requests([*samples, unanswered]) == {"/": 7, "/json": 3}
+
+
 def test_cpu_per_request_subtracts_idle_load() -> None:
     # 0.5 CPU-s over 1 s for 1,000 requests with 0.1 cores idle: 400 µs each.
     cpu_us, error = analysis.cpu_step(0.5, 1.0, 1000, idle_cpu=0.1, cpu_tick_s=0.01)

@@ -106,8 +106,10 @@ class Pinning(Record):
     server_cpus: list[int]
     driver_cpus: list[int]
     shared_cpu: bool
-    locust_processes: int
+    locust_processes: int  # Locust processes that run users: the workers, or the one alone
     fd_limit: int
+    # A `locust --master` beside them, its workers separate `locust --worker` processes
+    locust_master: bool = False
 
 
 class Environment(Record):

@@ -171,7 +171,7 @@ class Sampler:
         server_url: str,
         server_pid: int | None,
         client_urls: list[str],
-        driver_pid: int,
+        driver_pids: list[int],
     ) -> None:
         self.log = log
         self.key = key
@@ -181,7 +181,7 @@ class Sampler:
         # None: a server this run did not start (--target); its own /metrics reports its process
         self.server = _process(server_pid) if server_pid is not None else None
         self.remote = server_pid is None
-        self.driver = _process(driver_pid)
+        self.driver = [_process(pid) for pid in driver_pids]
         self.samples_taken = 0
         self._scrapers = ThreadPoolExecutor(1, thread_name_prefix="scrape")
         self._stop = threading.Event()
@@ -223,7 +223,7 @@ class Sampler:
             server_rss_bytes=rss,
             server_cpu_seconds=cpu,
             server_alive=alive,
-            driver_cpu_seconds=cpu_seconds(self.driver, children=True),
+            driver_cpu_seconds=_sum_or_none(cpu_seconds(p, children=True) for p in self.driver),
         )
 
 
@@ -232,6 +232,17 @@ def _process(pid: int) -> psutil.Process | None:
         return psutil.Process(pid)
     except psutil.Error:
         return None
+
+
+def _sum_or_none(values: Iterable[float | None]) -> float | None:
+    """The driver's CPU: the sum over its processes, None if one could not be read (a sum
+    without it would show as a drop)."""
+    total = 0.0
+    for value in values:
+        if value is None:
+            return None
+        total += value
+    return total
 
 
 def _alive(process: psutil.Process | None) -> bool:
@@ -250,7 +261,7 @@ def _rss(process: psutil.Process | None) -> float | None:
 
 def cpu_seconds(process: psutil.Process | None, children: bool) -> float | None:
     """utime + stime from /proc (clock ticks: CPU_TICK_S each), with `children` those of
-    the processes it forked (Locust's workers) too."""
+    the processes it started too."""
     if process is None:
         return None
     try:

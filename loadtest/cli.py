@@ -253,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="drive a server this run does not start, on this host or another (repeatable; "
         "instead of --tier/--servers): its memory and CPU are read from its own /metrics",
     )
+    run.add_argument(
+        "--locust-workers",
+        type=_workers,
+        metavar="N",
+        help="drive each scenario from a Locust master and N separate `locust --worker` "
+        "processes on the driver's CPUs, every worker's requests collected (default: one "
+        "worker per driver CPU; one Locust process alone where there is one driver CPU)",
+    )
     run.add_argument("--out", type=Path, help="output directory (default results/<timestamp>)")
     run.set_defaults(run=_run)
 
@@ -365,6 +373,12 @@ def _live(args: argparse.Namespace) -> None:
         _fail(str(exc))
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of Locust workers (1-64)")
+    return int(text)
+
+
 def _count(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 100:
         raise argparse.ArgumentTypeError(f"{text!r} is not a count from 1 to 100")
@@ -403,6 +417,7 @@ def _run(args: argparse.Namespace) -> None:
             repeat=args.repeat or profile.repeat,
             out=out,
             remote=remote,
+            locust_workers=args.locust_workers,
         )
         written = run.execute(plan)
     except run.RunError as exc:

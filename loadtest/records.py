@@ -106,8 +106,10 @@ class Pinning(Record):
     server_cpus: list[int]
     driver_cpus: list[int]
     shared_cpu: bool
-    locust_processes: int
+    locust_processes: int  # Locust processes that run users: the workers, or the one alone
     fd_limit: int
+    # A `locust --master` beside them, its workers separate `locust --worker` processes
+    locust_master: bool = False
 
 
 class Environment(Record):
@@ -328,6 +330,9 @@ class ScenarioRun(Record):
     level_starts: list[tuple[float, float]] | None = None
     # upstream: connections the upstream accepted while the scenario ran (the client's reuse)
     upstream_connections: int | None = None
+    # Every request in the exact histograms per route, ramps and the end included: what the
+    # server's own request counter should say the run sent (none for the held probe)
+    recorded_requests: dict[str, int] | None = None
 
 
 class Figure(Record):

@@ -129,6 +129,36 @@ def test_unacknowledged_intervals_are_sent_again() -> None:
     assert recorder.take(again[-1]["seq"])["intervals"][0]["histograms"] == {}
 
 
+def test_a_recorder_holds_its_exit_until_its_last_request_is_acknowledged() -> None:
+    """What a Locust process waits for at exit: nothing if nobody reads it; otherwise every
+    recorded request taken by the reader and acknowledged by its next read."""
+    recorder = IntervalRecorder()
+    recorder.record("trio", "/", 5.0)
+    assert not recorder.read  # started by hand, nobody reading: exits at once
+    first = recorder.take(0)["intervals"]
+    assert recorder.read and recorder.unacknowledged()  # taken, maybe never received
+    recorder.record("trio", "/", 6.0)
+    second = recorder.take(first[-1]["seq"])["intervals"]
+    assert recorder.unacknowledged()  # the second request is taken, not acknowledged
+    recorder.take(second[-1]["seq"])
+    assert not recorder.unacknowledged()
+
+
+def test_recorded_requests_count_every_interval_ramps_included() -> None:
+    recorder = IntervalRecorder()
+    intervals = [recorder.take(0)["intervals"][-1]]
+    for count in (3, 0, 4):
+        for _ in range(count):
+            recorder.record("trio", "/", 1.0)
+        recorder.record("trio", "/json", 2.0)
+        intervals.append(recorder.take(intervals[-1]["seq"])["intervals"][-1])
+    samples = _samples(intervals, [0, 4, 1, 5])
+    assert analysis.recorded_requests(samples) == {"/": 7, "/json": 3}
+    # A sample whose Locust processes did not answer carries none (they come with the next).
+    unanswered = samples[0].model_copy(update={"latency": None})
+    assert analysis.recorded_requests([*samples, unanswered]) == {"/": 7, "/json": 3}
+
+
 def test_cpu_per_request_subtracts_idle_load() -> None:
     # 0.5 CPU-s over 1 s for 1,000 requests with 0.1 cores idle: 400 µs each.
     cpu_us, error = analysis.cpu_step(0.5, 1.0, 1000, idle_cpu=0.1, cpu_tick_s=0.01)

@@ -268,6 +268,7 @@ def test_compare_into_a_closed_pipe_exits_cleanly(smoke_run) -> None:
         (("run", "--scenarios", "plaintext,nope"), "unknown scenario"),
         (("run", "--profile", "huge"), "invalid choice"),
         (("run", "--step-seconds", "0.5"), "1-3600 seconds"),
+        (("run", "--locust-workers", "0"), "number of Locust workers (1-64)"),
         (("run", "--out", "/etc/hostname"), "is a file, not a directory"),
         (("report", "/nonexistent/dir"), "no samples.jsonl"),
         (("compare", "/nonexistent/a", "/nonexistent/b"), "cannot read"),
@@ -345,7 +346,8 @@ def test_open_model_corrects_for_a_stalling_server(tmp_path: Path) -> None:
             last = _latency_intervals(client_port) or last
             time.sleep(0.3)
     assert last, "never reached Locust's /latency"
-    routes = [route for interval in last for route in interval["histograms"]["trio"].values()]
+    # (Locust, read and never acknowledged, holds its exit a while: its last intervals are empty.)
+    routes = [r for interval in last for r in interval["histograms"].get("trio", {}).values()]
     corrected = histograms.merge(r["latency"] for r in routes)
     uncorrected = histograms.merge(r["service"] for r in routes)
     assert corrected.get_total_count() > 500  # ~200/s for 6 s
@@ -353,35 +355,6 @@ def test_open_model_corrects_for_a_stalling_server(tmp_path: Path) -> None:
     for q in (50, 90, 99):
         assert corrected.get_value_at_percentile(q) >= uncorrected.get_value_at_percentile(q)
     assert corrected.get_value_at_percentile(50) > 2 * uncorrected.get_value_at_percentile(50)
-
-
-def test_driver_with_several_locust_processes(tmp_path: Path) -> None:
-    """Where there are cores, Locust forks a worker per driver CPU; forced to 2 here, the users
-    must be counted once (not again through the master) and every worker's requests summed,
-    in the exact histograms too. The run is given a relative --out from another directory:
-    Locust's files must land in that run's locust/."""
-    done = subprocess.run(
-        # Longer steps: users reach each level through the master, about a second late.
-        [sys.executable, "-m", "loadtest.cli", "run", "--profile", "smoke", "--step-seconds", "4",
-         "--servers", "aiohttp", "--scenarios", "plaintext", "--out", "relative/out"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        env={**os.environ, "STACKBENCH_DRIVER_PROCESSES": "2"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = tmp_path / "relative" / "out"
-    results = json.loads((out / "results.json").read_text())
-    assert results["pinning"]["locust_processes"] == 2
-    (run,) = results["runs"]
-    assert [round(step["users"]) for step in run["steps"]] == [1, 4, 32]
-    for step in run["steps"]:
-        assert step["achieved_rps"] > 0
-        # Both workers' histograms merged: as many requests as the counters say, within the
-        # half-second that separates a counter scrape from a histogram read.
-        assert step["routes"]["/"]["count"] == pytest.approx(step["completed"], rel=0.1)
-    locust_files = {p.name for p in (out / "locust").iterdir()}
-    assert "aiohttp-plaintext-closed-r1_stats.csv" in locust_files
-    assert "aiohttp-plaintext-closed-r1.html" in locust_files
-    assert not (out / "locust" / "relative").exists()
 
 
 def _child_server(run: subprocess.Popen, impl: str) -> psutil.Process | None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from urllib.parse import parse_qs
 
+import gevent
 from gevent.pywsgi import WSGIServer
 from locust import events
 from locust.env import Environment
@@ -28,7 +30,10 @@ from loadtest.driver import settings
 from loadtest.driver.latency_log import RECORDER
 from servers.telemetry import LATENCY_BUCKETS  # the servers' bounds: panels read alike
 
-PORTS_TO_TRY = 64  # forked workers on one host take the next free port after the master's
+PORTS_TO_TRY = 64  # Locust processes on one host take the next free port after the first's
+# How long a process that is being read waits at exit for its last requests to be read: six of
+# `stackbench run`'s reads (twice a second), so one slow read does not lose them.
+HAND_OVER_S = 3.0
 
 REQUEST_DURATION = Histogram(
     "stackbench_client_request_duration_seconds",
@@ -148,6 +153,17 @@ def _serve(host: str, base_port: int) -> int:
             continue
         return server.server_port
     raise OSError(f"no free port for client metrics in {base_port}..{port}")
+
+
+@events.quitting.add_listener
+def _hand_over_last_latencies(**_: object) -> None:
+    """Exit only once the reader (`stackbench run`) has acknowledged every request recorded
+    here: the requests since its last read would otherwise leave with the process. A process
+    nobody reads (a Locust started by hand) exits at once; a reader gone quiet costs at most
+    HAND_OVER_S. The metrics server keeps answering meanwhile (same hub)."""
+    deadline = time.monotonic() + HAND_OVER_S
+    while RECORDER.read and RECORDER.unacknowledged() and time.monotonic() < deadline:
+        gevent.sleep(0.05)
 
 
 def touch_target(target: str, scenario: str) -> None:

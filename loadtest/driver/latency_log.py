@@ -37,6 +37,7 @@ class IntervalRecorder:
         self._current: dict[tuple[str, str], _RouteHistograms] = {}
         self._pending: list[dict] = []
         self._sequence = 0
+        self.read = False  # has anyone taken an interval (is a reader counting on us)?
 
     def record(
         self, target: str, route: str, latency_ms: float, service_ms: float | None = None
@@ -52,6 +53,7 @@ class IntervalRecorder:
 
     def take(self, acknowledged: int) -> dict:
         """Close the current interval; every interval after `acknowledged`, oldest first."""
+        self.read = True
         self._sequence += 1
         encoded: dict[str, dict[str, dict[str, str]]] = {}
         for (target, route), entry in self._current.items():
@@ -66,6 +68,11 @@ class IntervalRecorder:
         if lost > 0:
             self._pending = self._pending[lost:]
         return {"intervals": self._pending}
+
+    def unacknowledged(self) -> bool:
+        """Whether a request recorded here has not yet reached a reader for certain: still in
+        the current interval, or in one taken but not acknowledged."""
+        return bool(self._current) or any(i["histograms"] for i in self._pending)
 
     def as_json(self, acknowledged: int) -> bytes:
         return json.dumps(self.take(acknowledged), separators=(",", ":")).encode()

@@ -15,7 +15,7 @@ configures the Locust side. Named and read here only; the Locust side reads them
     STACKBENCH_LEVELS              users (open model: streams) per step, e.g. 8,32,128
                                    (default: the scenario's own levels)
     STACKBENCH_CLIENT_METRICS_PORT where the first Locust process serves /metrics and /latency
-                                   (default 9646; taken, or for forked workers: the next free
+                                   (default 9646; taken, as by another process: the next free
                                    port, printed; 0: any free port)
     STACKBENCH_CLIENT_METRICS_HOST the address it binds (default 127.0.0.1; 0.0.0.0 where
                                    Prometheus scrapes from another host or container)

@@ -73,6 +73,9 @@ class Plan:
     repeat: int
     out: Path
     remote: tuple[tuple[str, str], ...] = ()  # --target NAME=URL: servers this run does not start
+    # --locust-workers N: a Locust master and N worker processes (default: one worker per
+    # driver CPU, or a lone Locust process where there is one)
+    locust_workers: int | None = None
 
     def scenario_runs(self) -> list[tuple[str, str]]:
         """(scenario, model) pairs, in order: each scenario closed (io_hold followed by its
@@ -136,14 +139,12 @@ def cpu_layout() -> tuple[list[int], list[int]]:
     return [cpus[0]], cpus[1:] or [cpus[0]]
 
 
-def driver_processes(driver_cpus: list[int]) -> int:
-    """One Locust process per driver CPU (Locust's --processes), unless told otherwise."""
-    forced = os.environ.get("STACKBENCH_DRIVER_PROCESSES", "")
-    if forced:
-        if not forced.isdigit() or not 1 <= int(forced) <= 64:
-            raise RunError(f"STACKBENCH_DRIVER_PROCESSES={forced!r}: expected 1 to 64")
-        return int(forced)
-    return len(driver_cpus)
+def locust_workers(plan: Plan, driver_cpus: list[int]) -> int:
+    """Locust worker processes beside a master, started as separate `locust --worker`
+    processes; 0: one Locust process alone, no master."""
+    if plan.locust_workers is not None:
+        return plan.locust_workers
+    return len(driver_cpus) if len(driver_cpus) > 1 else 0
 
 
 def raise_fd_limit(plan: Plan) -> int:
@@ -299,7 +300,8 @@ def execute(plan: Plan) -> Path:
             pinning=Pinning(
                 server_cpus=server_cpus, driver_cpus=driver_cpus,
                 shared_cpu=server_cpus == driver_cpus,
-                locust_processes=driver_processes(driver_cpus), fd_limit=fd_limit,
+                locust_processes=locust_workers(plan, driver_cpus) or 1, fd_limit=fd_limit,
+                locust_master=locust_workers(plan, driver_cpus) > 0,
             ),
             provenance=provenance(),
         )
@@ -461,57 +463,62 @@ def _run_scenario(
     levels = plan.levels(scenario, model)
     seconds = plan.seconds(scenario, model)
     name = key.locust_name
-    client_port = _free_port()  # the master's; forked workers take the next free ones
-    env = {
-        **os.environ,
-        **settings.as_environment(
-            settings.DriverSettings(
-                targets=f"{impl}={server.url}",
-                allow_remote=server.pid is None,  # named by the user with --target
-                model=model,
-                rate=plan.profile.open_rate_per_stream,
-                steps=True,
-                step_seconds=plan.step_seconds(scenario),
-                levels=levels,
-                client_metrics_port=client_port,
-            )
-        ),
-    }
+    driver = settings.DriverSettings(
+        targets=f"{impl}={server.url}",
+        allow_remote=server.pid is None,  # named by the user with --target
+        model=model,
+        rate=plan.profile.open_rate_per_stream,
+        steps=True,
+        step_seconds=plan.step_seconds(scenario),
+        levels=levels,
+    )
     locust_dir = plan.out / "locust"  # absolute: Locust runs with it as its working directory
-    command = [
-        str(Path(sys.executable).parent / "locust"),
-        "-f", str(LOCUSTFILES / f"{scenario}.py"),
-        "--headless", "--only-summary",
+    locustfile = str(LOCUSTFILES / f"{scenario}.py")
+    common = [str(Path(sys.executable).parent / "locust"), "-f", locustfile, "--stop-timeout", "0"]
+    main = [
+        *common, "--headless", "--only-summary",
         # Users still mid-request when the last level ends are past what is measured: stop
         # them at once rather than wait for them (an open-model user never finishes).
-        "--run-time", f"{seconds + 5:.0f}s", "--stop-timeout", "0",
+        "--run-time", f"{seconds + 5:.0f}s",
         "--csv", str(locust_dir / name), "--html", str(locust_dir / f"{name}.html"),
     ]  # fmt: skip
-    processes = driver_processes(driver_cpus)
-    if processes > 1:
-        command += ["--processes", str(processes)]
+    workers = locust_workers(plan, driver_cpus)
+    commands = {name: main}
+    if workers:
+        master_port = _free_port()
+        commands[name] = [
+            *main, "--master", "--master-bind-host", "127.0.0.1",
+            "--master-bind-port", str(master_port), "--expect-workers", str(workers),
+            "--expect-workers-max-wait", f"{LOCUST_START_TIMEOUT_S:.0f}",
+        ]  # fmt: skip
+        for index in range(1, workers + 1):
+            commands[f"{name}-worker{index}"] = [
+                *common, "--worker", "--master-host", "127.0.0.1",
+                "--master-port", str(master_port),
+            ]  # fmt: skip
     counts_upstream = upstream is not None and SCENARIOS[scenario].needs_upstream
     upstream_before = _upstream_connections(upstream) if counts_upstream else None
     _event(log, key, "started", levels=list(levels))
-    with (locust_dir / f"{name}.log").open("wb") as output:
-        locust = subprocess.Popen(
-            command, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=locust_dir,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: os.sched_setaffinity(0, set(driver_cpus)),
-        )  # fmt: skip
+    # The master (or the lone process) first: its exit code is the run's.
+    locusts = [
+        _start_locust(command, driver, locust_dir / f"{stem}.log", driver_cpus)
+        for stem, command in commands.items()
+    ]
     sampler = None
     started = time.monotonic()
     error = None
     try:
-        # The master and each forked worker export metrics on a port of their own.
-        client_urls = _wait_for_metrics(locust_dir / f"{name}.log", locust, processes)
+        # Each process exports client metrics and its requests' latencies on a port of its own.
+        client_urls = _wait_for_metrics(locusts)
         if not client_urls:
-            error = f"Locust did not start: see locust/{name}.log"
+            error = f"Locust did not start: see locust/{name}*.log"
             return
-        sampler = Sampler(log, key, server.url, server.pid, client_urls, locust.pid)
+        pids = [process.pid for process, _ in locusts]
+        sampler = Sampler(log, key, server.url, server.pid, client_urls, pids)
         sampler.start()
         deadline = started + seconds + 60
-        while locust.poll() is None:
+        # Until every process has exited: a worker exits once its last requests were read.
+        while any(process.poll() is None for process, _ in locusts):
             if server.process.poll() is not None:
                 error = f"{impl} server exited with code {server.process.returncode} mid-run"
                 break
@@ -530,13 +537,8 @@ def _run_scenario(
     finally:
         if sampler is not None:
             sampler.stop()
-        if locust.poll() is None:
-            locust.terminate()
-            try:
-                locust.wait(15)
-            except subprocess.TimeoutExpired:
-                locust.kill()
-                locust.wait()
+        for process, _ in locusts:
+            _stop(process)
         progress.finish_scenario(seconds)
         opened = None
         if counts_upstream and upstream_before is not None:
@@ -546,17 +548,50 @@ def _run_scenario(
         if error:
             _event(log, key, "failed", error=error)
         else:
-            _event(log, key, "finished", exit_code=locust.returncode, upstream_connections=opened)
+            _event(log, key, "finished", exit_code=locusts[0][0].returncode,
+                   upstream_connections=opened)  # fmt: skip
 
 
-def _wait_for_metrics(log: Path, locust: subprocess.Popen, processes: int) -> list[str]:
-    """The client-metrics URLs of every Locust process, read from the lines they print."""
-    expected = processes + 1 if processes > 1 else 1
+def _start_locust(
+    command: list[str], driver: settings.DriverSettings, log: Path, driver_cpus: list[int]
+) -> tuple[subprocess.Popen, Path]:
+    """One Locust process on the driver's CPUs, its client metrics on a free port of its own,
+    its output in `log`."""
+    env = {
+        **os.environ,
+        **settings.as_environment(dataclasses.replace(driver, client_metrics_port=_free_port())),
+    }
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=log.parent,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: os.sched_setaffinity(0, set(driver_cpus)),
+        )  # fmt: skip
+    return process, log
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_metrics(locusts: list[tuple[subprocess.Popen, Path]]) -> list[str]:
+    """The client-metrics URL of every Locust process, read from the line each prints to its
+    log; none if one did not start."""
     deadline = time.monotonic() + LOCUST_START_TIMEOUT_S
-    while time.monotonic() < deadline and locust.poll() is None:
-        found = settings.METRICS_ANNOUNCE_PATTERN.findall(log.read_text(errors="replace"))
-        if len(found) >= expected:
-            return [f"http://{host}:{port}" for _, host, port in found]
+    urls: dict[Path, str] = {}
+    while time.monotonic() < deadline and all(p.poll() is None for p, _ in locusts):
+        for _, log in locusts:
+            found = settings.METRICS_ANNOUNCE_PATTERN.search(log.read_text(errors="replace"))
+            if found:
+                urls[log] = f"http://{found[2]}:{found[3]}"
+        if len(urls) == len(locusts):
+            return [urls[log] for _, log in locusts]
         time.sleep(0.1)
     return []
 

@@ -102,15 +102,16 @@ def client_snapshot(samples: list) -> ClientSnapshot:
 
 class LatencyReader:
     """Reads the exact latency intervals of several Locust processes (/latency), each
-    acknowledged only once received, and merges them per route for one target."""
+    acknowledged only once received, and merges them per route for one target. Each process
+    is read on its own: one that does not answer (slow, or gone after handing over its last
+    requests) delays only its own intervals, which come with its next answer."""
 
     def __init__(self, urls: list[str], target: str) -> None:
         self.target = target
         self._acknowledged = dict.fromkeys(urls, 0)
 
     def read(self) -> dict[str, RouteHistograms] | None:
-        """What completed since the last successful read; None if a process did not answer
-        (what it held comes with the next read)."""
+        """What completed since the last successful read; None if no process answered."""
         fetched = {}
         for url, acknowledged in self._acknowledged.items():
             try:
@@ -119,7 +120,9 @@ class LatencyReader:
                 ) as response:
                     fetched[url] = json.loads(response.read())["intervals"]
             except (OSError, ValueError, KeyError, http.client.HTTPException):
-                return None
+                continue
+        if not fetched:
+            return None
         per_route: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for url, intervals in fetched.items():
             for interval in intervals:
@@ -168,7 +171,7 @@ class Sampler:
         server_url: str,
         server_pid: int | None,
         client_urls: list[str],
-        driver_pid: int,
+        driver_pids: list[int],
     ) -> None:
         self.log = log
         self.key = key
@@ -178,7 +181,7 @@ class Sampler:
         # None: a server this run did not start (--target); its own /metrics reports its process
         self.server = _process(server_pid) if server_pid is not None else None
         self.remote = server_pid is None
-        self.driver = _process(driver_pid)
+        self.driver = [_process(pid) for pid in driver_pids]
         self.samples_taken = 0
         self._scrapers = ThreadPoolExecutor(1, thread_name_prefix="scrape")
         self._stop = threading.Event()
@@ -220,7 +223,7 @@ class Sampler:
             server_rss_bytes=rss,
             server_cpu_seconds=cpu,
             server_alive=alive,
-            driver_cpu_seconds=cpu_seconds(self.driver, children=True),
+            driver_cpu_seconds=_sum_or_none(cpu_seconds(p, children=True) for p in self.driver),
         )
 
 
@@ -229,6 +232,17 @@ def _process(pid: int) -> psutil.Process | None:
         return psutil.Process(pid)
     except psutil.Error:
         return None
+
+
+def _sum_or_none(values: Iterable[float | None]) -> float | None:
+    """The driver's CPU: the sum over its processes, None if one could not be read (a sum
+    without it would show as a drop)."""
+    total = 0.0
+    for value in values:
+        if value is None:
+            return None
+        total += value
+    return total
 
 
 def _alive(process: psutil.Process | None) -> bool:
@@ -247,7 +261,7 @@ def _rss(process: psutil.Process | None) -> float | None:
 
 def cpu_seconds(process: psutil.Process | None, children: bool) -> float | None:
     """utime + stime from /proc (clock ticks: CPU_TICK_S each), with `children` those of
-    the processes it forked (Locust's workers) too."""
+    the processes it started too."""
     if process is None:
         return None
     try:

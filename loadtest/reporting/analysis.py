@@ -74,6 +74,13 @@ def _merged(intervals: list[dict[str, RouteHistograms]], kind: str) -> dict[str,
     return {route: histograms.merge(items) for route, items in per_route.items()}
 
 
+def recorded_requests(samples: list[Sample]) -> dict[str, int]:
+    """Every request in a scenario run's exact histograms, per route: ramps, the levels and
+    the end included (each Locust process's intervals are read exactly once)."""
+    merged = _merged([s.latency for s in samples if s.latency], "latency")
+    return {route: h.get_total_count() for route, h in merged.items()}
+
+
 def _route_figures(histogram) -> RouteFigures:
     values = histograms.percentiles_ms(histogram, PERCENTILES)
     return RouteFigures(

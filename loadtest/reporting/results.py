@@ -108,6 +108,7 @@ def build(out: Path) -> Results:
                 and key.model == "closed"
                 else None,
                 upstream_connections=finished[-1].upstream_connections if finished else None,
+                recorded_requests=analysis.recorded_requests(samples[key]),
                 lag_series=analysis.lag_series(samples[key])
                 if key.scenario == "starvation"
                 else None,

@@ -4,7 +4,8 @@ The upstream scenario's CPU per request is the server's and its client's togethe
 the client alone: sequential keep-alive `GET /sleep?ms=0` to a stackbench aiohttp server (on
 uvloop, on another CPU), from urllib3 (what gevent, gevent-h11 and threads-h11 call), aiohttp's
 ClientSession (the aiohttp server) and httpx.AsyncClient on asyncio and on trio (asyncio-h11,
-trio), in interleaved rounds, the process's CPU time per call (getrusage: user + system).
+trio), each through the servers' own client classes and settings (servers/upstream/), in
+interleaved rounds, the process's CPU time per call (user + system).
 Without monkey patching: what gevent adds to urllib3 is in the server figures, not here.
 
     python benchmarks/upstream_clients.py               # 5 rounds of 1,000 calls each
@@ -26,45 +27,47 @@ import trio
 import urllib3
 
 from loadtest.orchestrator.serverproc import ServerProcess
+from servers.upstream import UpstreamConfig
+from servers.upstream.aiohttp_client import AiohttpUpstream
+from servers.upstream.httpx_client import HttpxUpstream
+from servers.upstream.sync_client import SyncUpstream
 
 PATH = "/sleep?ms=0"
 WARMUP = 100
 
 
-def _urllib3(url: str) -> Callable[[int], None]:
+def _sync(config: UpstreamConfig) -> Callable[[int], None]:
     def run(calls: int) -> None:
-        host, port = url.removeprefix("http://").rsplit(":", 1)
-        with urllib3.HTTPConnectionPool(host, int(port), maxsize=1, retries=False) as pool:
+        client = SyncUpstream(config)
+        try:
             for _ in range(calls):
-                pool.request("GET", PATH)
+                client.call(PATH)
+        finally:
+            client.close()
 
     return run
 
 
-def _aiohttp(url: str) -> Callable[[int], None]:
-    async def calls_made(calls: int) -> None:
-        async with aiohttp.ClientSession(base_url=url) as session:
-            for _ in range(calls):
-                async with session.get(PATH) as answer:
-                    await answer.read()
-
-    return lambda calls: asyncio.run(calls_made(calls))
-
-
-async def _httpx_calls(url: str, calls: int) -> None:
-    async with httpx.AsyncClient(base_url=url) as client:
+async def _async_calls(make: Callable[[UpstreamConfig], object], config, calls: int) -> None:
+    client = make(config)  # made inside the running loop, as the servers do
+    try:
         for _ in range(calls):
-            await client.get(PATH)
+            await client.call(PATH)  # type: ignore[attr-defined]
+    finally:
+        await client.aclose()  # type: ignore[attr-defined]
 
 
-CLIENTS: dict[str, Callable[[str], Callable[[int], None]]] = {
-    f"urllib3 {urllib3.__version__}": _urllib3,
-    f"aiohttp {aiohttp.__version__} (asyncio)": _aiohttp,
-    f"httpx {httpx.__version__} (asyncio)": lambda url: (
-        lambda calls: asyncio.run(_httpx_calls(url, calls))
+# The servers' own client classes, configured as a server would be (servers/upstream/).
+CLIENTS: dict[str, Callable[[UpstreamConfig], Callable[[int], None]]] = {
+    f"urllib3 {urllib3.__version__}": _sync,
+    f"aiohttp {aiohttp.__version__} (asyncio)": lambda config: (
+        lambda calls: asyncio.run(_async_calls(AiohttpUpstream, config, calls))
     ),
-    f"httpx {httpx.__version__} (trio)": lambda url: (
-        lambda calls: trio.run(_httpx_calls, url, calls)
+    f"httpx {httpx.__version__} (asyncio)": lambda config: (
+        lambda calls: asyncio.run(_async_calls(HttpxUpstream, config, calls))
+    ),
+    f"httpx {httpx.__version__} (trio)": lambda config: (
+        lambda calls: trio.run(_async_calls, HttpxUpstream, config, calls)
     ),
 }
 
@@ -92,7 +95,8 @@ def main() -> None:
     os.sched_setaffinity(0, {args.client_cpu})
     figures: dict[str, list[float]] = {name: [] for name in CLIENTS}
     with ServerProcess("aiohttp", extra_args=("--uvloop",), cpus={args.upstream_cpu}) as up:
-        clients = {name: make(up.url) for name, make in CLIENTS.items()}
+        config = UpstreamConfig.parse(up.url)
+        clients = {name: make(config) for name, make in CLIENTS.items()}
         for _ in range(args.rounds):
             for name, run in clients.items():
                 figures[name].append(cpu_per_call(run, args.calls))

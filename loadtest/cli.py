@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve the HTTP contract from one implementation",
-        description="Serve the stackbench HTTP contract (see DESIGN) from one implementation, "
+        description="Serve the stackbench HTTP contract (README: The HTTP contract) from one "
+        "implementation, "
         "in this process, until SIGTERM or SIGINT.",
     )
     serve.add_argument("impl", choices=sorted(SERVER_MODULES), help="which server")
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo)
 
+    from loadtest.driver.scenarios import SCENARIOS
     from loadtest.orchestrator.profiles import CORE_SCENARIOS, PROFILES
     from servers.contract import STACK_TIER, TIERS
 
@@ -231,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--scenarios",
         default=",".join(CORE_SCENARIOS),
-        help=f"comma-separated (default: {','.join(CORE_SCENARIOS)})",
+        help=f"comma-separated (default: {','.join(CORE_SCENARIOS)}; also: "
+        f"{','.join(s for s in SCENARIOS if s not in CORE_SCENARIOS)})",
     )
     run.add_argument(
         "--profile",
@@ -314,7 +317,7 @@ def _serve(args: argparse.Namespace) -> None:
     # Import the server first: gevent's must monkey-patch before the rest loads.
     server = importlib.import_module(SERVER_MODULES[args.impl])
     from servers.lifecycle import ServeError, ServeOptions
-    from servers.upstream import UpstreamConfig
+    from servers.upstream import DEFAULT_POOL, DEFAULT_TIMEOUT_S, UpstreamConfig
 
     upstream = None
     if args.upstream is not None:
@@ -324,6 +327,8 @@ def _serve(args: argparse.Namespace) -> None:
             )
         except ValueError as exc:
             _fail(str(exc))
+    elif (args.upstream_pool, args.upstream_timeout) != (DEFAULT_POOL, DEFAULT_TIMEOUT_S):
+        _fail("--upstream-pool and --upstream-timeout need --upstream URL")
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -463,11 +468,18 @@ def _compare(args: argparse.Namespace) -> None:
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     if not changes:
-        print("no headline figure in common")
-        return
+        _fail("the two runs have no headline figure in common (no server and scenario both ran)")
     print("\n".join(change.line() for change in changes))
     called = [c for c in changes if c.verdict in ("better", "worse")]
-    print(f"{len(called)} change(s) called of {len(changes)} figures" if called else "no change")
+    if called:
+        print(f"{len(called)} change(s) called of {len(changes)} figures")
+    elif any(c.verdict.startswith("indicative") for c in changes):
+        print(
+            "no change called: with one repeat a side there is no spread to call one against "
+            "(run both with --repeat 3)"
+        )
+    else:
+        print("no change")
 
 
 def _scale(text: str) -> float:

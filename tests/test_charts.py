@@ -86,3 +86,13 @@ def test_a_busy_machine_is_warned_of_before_any_figure(built) -> None:
     assert "Busy machine" not in rendered(0.9)  # 0.45 per CPU
     busy = rendered(1.1)
     assert busy.index("Busy machine") < busy.index("<h2>Verdict</h2>")
+
+
+def test_runs_whose_requests_failed_are_warned_of(built) -> None:
+    assert "Failed requests" not in report.render(built)
+    first = built.runs[0]
+    steps = [step.model_copy(update={"errors": step.completed * 0.5}) for step in first.steps]
+    failed = first.model_copy(update={"steps": steps})
+    page = report.render(built.model_copy(update={"runs": [failed, *built.runs[1:]]}))
+    warning = page[page.index("Failed requests") : page.index("<h2>Verdict</h2>")]
+    assert f"{first.key.server} {first.key.scenario} (50% of" in warning

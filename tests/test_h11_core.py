@@ -89,7 +89,7 @@ def parse(wire: bytes) -> list[tuple[str, dict[str, str], bytes]]:
             name, _, value = line.partition(":")
             assert name.lower() not in headers, f"{name} twice"
             headers[name.lower()] = value.strip()
-        length = 0 if status.startswith("HEAD") else int(headers.get("content-length", 0))
+        length = int(headers.get("content-length", 0))
         responses.append((status, headers, rest[:length]))
         wire = rest[length:]
     return responses

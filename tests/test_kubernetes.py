@@ -74,6 +74,9 @@ def test_every_server_has_a_deployment_and_service_with_whole_guaranteed_cpus() 
             services[impl]["spec"]["selector"]
             == deployments[impl]["spec"]["selector"]["matchLabels"]
         )
+        # /upstream calls the upstream Service, which exists.
+        upstream = container["command"][container["command"].index("--upstream") + 1]
+        assert upstream == "http://upstream:8080" and "upstream" in services
 
 
 def test_locust_master_and_scalable_workers_read_scenarios_from_the_image() -> None:

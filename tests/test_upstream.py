@@ -8,9 +8,11 @@ accepted, requests in flight) are that server's client's alone.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import socket
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 
@@ -19,20 +21,12 @@ from httpclient import get, metrics, sample_value, wait_until
 
 from loadtest.orchestrator.serverproc import ServerProcess
 from servers.contract import IMPLS
+from servers.upstream import CLIENTS
 
 POOL = 4
 TIMEOUT_S = 1.0
 CALLS, CALL_MS = 4, 50
 SEQUENTIAL = 200
-# The libraries each world calls through (README, "/upstream").
-CLIENTS = {
-    "gevent": "urllib3",
-    "gevent-h11": "urllib3",
-    "threads-h11": "urllib3",
-    "aiohttp": "aiohttp",
-    "trio": "httpx",
-    "asyncio-h11": "httpx",
-}
 
 
 class Pair:
@@ -50,15 +44,17 @@ class Pair:
             ),
         )  # fmt: skip
 
+    def _upstream(self, name: str) -> float:
+        self.scrapes += 1  # each scrape is a connection of the upstream's own
+        return sample_value(self.upstream.port, name)
+
     def upstream_in_flight(self) -> float:
         """Requests the upstream is handling, besides the scrape that asks."""
-        return sample_value(self.upstream.port, "http_server_active_requests") - 1
+        return self._upstream("http_server_active_requests") - 1
 
     def upstream_connections(self) -> float:
-        """Connections the upstream has accepted, besides the scrapes that asked (each scrape
-        is a connection of its own)."""
-        self.scrapes += 1
-        return sample_value(self.upstream.port, "http_server_connections_total") - self.scrapes
+        """Connections the upstream has accepted, besides the test's own scrapes."""
+        return self._upstream("http_server_connections_total") - self.scrapes
 
     def close(self) -> None:
         for process in (self.server, self.upstream):
@@ -128,8 +124,8 @@ def test_calls_overlap_and_reuse_the_pool_on_every_server(pairs: dict[str, Pair]
         if set(statuses) != {200} or min(seconds) < CALL_MS / 1000:
             problems.append(f"{impl}: statuses {set(statuses)}, fastest {min(seconds):.3f} s")
         # The median says whether the calls overlap (2 at a time would take >= 100 ms); a
-        # few slow requests on a shared 2-core machine are scheduling, not the model.
-        if statuses and (statistics.median(seconds) >= 0.100 or slow > SEQUENTIAL // 100):
+        # few slow requests (12 processes share 2 cores here) are scheduling, not the model.
+        if statuses and (statistics.median(seconds) >= 0.100 or slow > SEQUENTIAL // 20):
             problems.append(
                 f"{impl}: median {statistics.median(seconds) * 1000:.0f} ms, "
                 f"{slow} of {SEQUENTIAL} over 150 ms"
@@ -187,6 +183,76 @@ def test_an_exhausted_pool_makes_calls_wait_not_open_more_connections(
     assert get(pair.server.port, "/upstream?n=12&ms=400").status == 504
 
 
+def test_clients_that_leave_while_waiting_for_the_pool_do_not_grow_it(
+    pairs: dict[str, Pair], impl: str
+) -> None:
+    """One request takes the whole pool; another's calls wait for it and its client leaves;
+    then a request wants twice the pool. The upstream never sees more than the pool's
+    connections, and every call is answered (a waiter killed inside urllib3's own queue used
+    to hand back a slot it never took, on gevent)."""
+    pair = pairs[impl]
+    before = pair.upstream_connections()
+    holder = socket.create_connection(("127.0.0.1", pair.server.port))
+    holder.sendall(f"GET /upstream?n={POOL}&ms=600 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    assert wait_until(lambda: pair.upstream_in_flight() >= POOL, timeout=5)
+    with socket.create_connection(("127.0.0.1", pair.server.port)) as waiter:
+        waiter.sendall(f"GET /upstream?n={POOL}&ms=10 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        time.sleep(0.1)  # its calls are queued for a connection; then it leaves
+    with holder:
+        holder.settimeout(10)
+        assert holder.recv(65536).startswith(b"HTTP/1.1 200 ")
+    reply = get(pair.server.port, f"/upstream?n={2 * POOL}&ms=50")
+    assert reply.status == 200, reply.body
+    assert pair.upstream_connections() - before <= POOL
+
+
+def test_a_connection_back_in_the_pool_is_out_of_its_requests_reach() -> None:
+    """threads-h11 aborts a request's calls by shutting their sockets; a connection one of
+    them has put back in the pool (where another request may take it) must be out of reach."""
+    from servers.upstream import UpstreamConfig
+    from servers.upstream.sync_client import CallGroup, SyncUpstream
+
+    client = SyncUpstream(UpstreamConfig.parse("http://127.0.0.1:9"))
+    returned, kept = client.pool._get_conn(), client.pool._get_conn()  # as two calls take them
+    pairs_ = [socket.socketpair() for _ in range(2)]
+    returned.sock, kept.sock = pairs_[0][0], pairs_[1][0]
+    group = CallGroup()
+    for connection in (returned, kept):
+        group.join(connection)
+    client.pool._put_conn(returned)  # done with: back in the pool
+    group.abort()
+    assert returned.sock.send(b"x") == 1  # untouched
+    with pytest.raises(OSError):
+        kept.sock.send(b"x")  # shut: its blocked read would end
+    for a, b in pairs_:
+        a.close()
+        b.close()
+
+
+def test_no_client_sends_a_call_twice(impl: str) -> None:
+    """An upstream that closes every connection without answering: 502, and each call
+    reached it once (aiohttp's client resends an idempotent request unless told not to)."""
+    received = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+
+        def accept() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = listener.accept()
+                    with connection:
+                        if connection.recv(65536):
+                            received.append(1)
+
+        threading.Thread(target=accept, daemon=True).start()
+        with ServerProcess(impl, extra_args=("--upstream", f"http://127.0.0.1:{port}")) as s:
+            reply = get(s.port, "/upstream?n=1&ms=0")
+    assert reply.status == 502, reply.body
+    assert len(received) == 1, f"{impl} sent one call {len(received)} times"
+
+
 def test_an_upstream_that_refuses_connections_is_a_502_within_a_second(impl: str) -> None:
     with ServerProcess(impl, extra_args=("--upstream", f"http://127.0.0.1:{_closed_port()}")) as s:
         started = time.perf_counter()
@@ -197,6 +263,8 @@ def test_an_upstream_that_refuses_connections_is_a_502_within_a_second(impl: str
         assert took < 1.0, f"{took:.2f} s to report a refused connection"
         # Recorded once the response is out: a moment after the client has it.
         assert wait_until(lambda: _answered(s, "502") == 1, timeout=5)
+        # A refused upstream is routine: answered, not logged as a crash.
+        assert "Traceback" not in s.stderr_path.read_text(errors="replace")
 
 
 def test_without_an_upstream_the_route_says_so(server: ServerProcess) -> None:

@@ -183,8 +183,10 @@ SCENARIOS: dict[str, Scenario] = {
                 "upstream_bytes_per_request_r2",
                 "upstream_connections",
             ),
-            # At ~100 requests a second, /proc's 10 ms tick needs this long for the CPU per
-            # request to be known to 25 %.
+            # CPU per request is known to two 10 ms ticks over the step plus the idle probe's
+            # two ticks a second over the step, per request: ~0.02 s / rate, ~140-200 µs at
+            # 100-150 requests a second whatever the step's length; longer steps shrink the
+            # first part (at 3 s steps aiohttp's ~800 µs would be near the 25 % cut-off).
             min_step_seconds=6.0,
             fits_memory=True,
             needs_upstream=True,

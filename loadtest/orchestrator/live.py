@@ -251,8 +251,10 @@ def run_live(servers: Sequence[str], scenario: str, ports: Ports, duration: floa
             prometheus.wait_until(lambda: _ready(f"{prometheus_url}/-/ready"), "not ready")
             grafana_url = _start_grafana(stack, work, ports)
             _print_where(started, scenario, ports, client_port, config, grafana_url)
+            print(f"The servers' /upstream calls {upstream.url} (aiohttp).", flush=True)
             stop.wait(duration)
-            print("Stopping: Grafana, Prometheus, Locust, then each server drains.", flush=True)
+            first = "Grafana, Prometheus" if grafana_url else "Prometheus"
+            print(f"Stopping: {first}, Locust, then each server drains.", flush=True)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -343,6 +343,8 @@ def _start_upstream(plan: Plan, driver_cpus: list[int]) -> ServerProcess | None:
     cheapest), on the driver's CPUs so that the server measured keeps its own to itself."""
     if not any(SCENARIOS[s].needs_upstream for s in plan.scenarios):
         return None
+    if all(server in dict(plan.remote) for server in plan.servers):
+        return None  # servers the run did not start call the upstream they were given
     try:
         return ServerProcess(UPSTREAM_IMPL, extra_args=("--uvloop",), cpus=set(driver_cpus))
     except ServerStartError as exc:
@@ -496,7 +498,10 @@ def _run_scenario(
                 *common, "--worker", "--master-host", "127.0.0.1",
                 "--master-port", str(master_port),
             ]  # fmt: skip
-    counts_upstream = upstream is not None and SCENARIOS[scenario].needs_upstream
+    # Only a server the run started calls the run's upstream (a --target has its own).
+    counts_upstream = (
+        upstream is not None and server.pid is not None and SCENARIOS[scenario].needs_upstream
+    )
     upstream_before = _upstream_connections(upstream) if counts_upstream else None
     _event(log, key, "started", levels=list(levels))
     # The master (or the lone process) first: its exit code is the run's.

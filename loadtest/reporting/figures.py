@@ -100,7 +100,8 @@ def quiet_step(run: ScenarioRun, level: float | None = None) -> Step | None:
 
 def _ceiling(run: ScenarioRun) -> Reading:
     top = max(run.steps, key=lambda s: s.achieved_rps)
-    return Reading(top.achieved_rps, driver_bound=top.driver_bound)
+    # A ceiling only if one side was the limit there: the report marks it a lower bound else.
+    return Reading(top.achieved_rps, driver_bound=top.driver_bound, saturated=top.server_saturated)
 
 
 def _fit_slope(run: ScenarioRun) -> Reading:
@@ -312,9 +313,14 @@ def headline(runs: list[ScenarioRun]) -> dict[str, ServerHeadline]:
     result = {}
     for server in sorted(set(cpu) | set(named)):
         cpu_figures = {s: f for s, r in cpu[server].items() if (f := _figure(r))}
+        # 1e6 / µs, with the CPU figure's relative error carried over (so no more digits).
         capacity = {
             scenario: _figure([
-                Reading(1e6 / r.value if r.value else None) for r in cpu[server][scenario]
+                Reading(
+                    1e6 / r.value if r.value else None,
+                    error=1e6 / r.value * r.error / r.value if r.value and r.error else None,
+                )
+                for r in cpu[server][scenario]
             ])
             for scenario in cpu_figures
         }  # fmt: skip

@@ -7,7 +7,7 @@ import html
 import shlex
 from pathlib import Path
 
-from loadtest.driver.scenarios import BLOCKING_MS, SCENARIOS
+from loadtest.driver.scenarios import BLOCKING_MS, SCENARIOS, UPSTREAM_CALLS, UPSTREAM_MS
 from loadtest.histograms import RELATIVE_ERROR
 from loadtest.records import Figure, Results, ScenarioRun, spec_name
 from loadtest.reporting import charts
@@ -16,6 +16,7 @@ from loadtest.reporting.figures import FIGURES, MEMORY_DISAGREEMENT
 from loadtest.reporting.formatting import number
 from loadtest.reporting.verdict import verdict
 from servers.contract import IMPLS
+from servers.upstream import CLIENTS as UPSTREAM_CLIENTS
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1180px; color: #222; }
@@ -38,13 +39,18 @@ table.verdict td.num { white-space: nowrap; }
 """
 
 
-def _cell(figure: Figure | None, scale: float = 1.0, prefix: str = "") -> str:
-    """A headline figure: its median, with the spread when it was measured more than once;
-    no more digits than its stated error (or 3 significant) support."""
+def _cell(
+    figure: Figure | None, scale: float = 1.0, prefix: str = "", show_error: bool = False
+) -> str:
+    """A headline figure: its median (with its stated error if `show_error`), with the spread
+    when it was measured more than once; no more digits than its stated error (or 3
+    significant) support."""
     if figure is None:
         return '<td class="num">&ndash;</td>'
     error = figure.error * scale if figure.error else None
     text = prefix + number(figure.median * scale, error)
+    if error is not None and show_error:
+        text += f' <span class="note">&plusmn; {number(error, significant=1)}</span>'
     if figure.n > 1:
         text += (
             f' <span class="note">({number(figure.min * scale, error)}&ndash;'
@@ -168,6 +174,8 @@ def _tiers_note(results: Results) -> str:
         return ""
     parts = []
     for tier, servers in results.tiers.items():
+        if len(servers) < 2:
+            continue  # trio alone is not the runtime tier: it is in both
         what = {
             "stack": "each runtime with the HTTP stack people deploy on it (aiohttp parses in C, "
             "gevent.pywsgi and h11 in Python)",
@@ -175,6 +183,8 @@ def _tiers_note(results: Results) -> str:
             "else",
         }.get(tier, "")
         parts.append(f"<b>{html.escape(tier)} tier</b> ({html.escape(', '.join(servers))}): {what}")
+    if not parts:
+        return ""
     return '<p class="note">Servers: ' + "; ".join(parts) + ".</p>"
 
 
@@ -228,7 +238,7 @@ def _cpu_table(results: Results) -> str:
     for server in _servers(results):
         figures = results.headline[server].cpu_us_per_request
         capacity = results.headline[server].capacity_rps_per_core.get("plaintext")
-        cells = "".join(_cell(figures.get(s)) for s in scenarios)
+        cells = "".join(_cell(figures.get(s), show_error=True) for s in scenarios)
         rows.append(f"<tr><th>{_swatch(server)}</th>{cells}{_cell(capacity)}</tr>")
     return (
         f"<table><tr><th>server</th>{head}<th>plaintext capacity implied, req/s per core</th>"
@@ -241,6 +251,14 @@ def _ceiling_cell(results: Results, server: str) -> str:
     ceiling = headline.figures.get("ceiling_rps")
     if ceiling is None:
         return '<td class="num">&ndash;</td>'
+    if not ceiling.driver_bound and not ceiling.saturated:
+        # Neither side was the limit at the busiest level: the ceiling lies above it.
+        return _cell(ceiling, prefix="&ge; ").replace(
+            '<td class="num">',
+            '<td class="num" title="neither the server nor Locust was saturated at the busiest '
+            'level: the ceiling is higher (see the capacity its CPU per request implies)">',
+            1,
+        )
     if not ceiling.driver_bound:
         return _cell(ceiling)
     return (
@@ -292,6 +310,45 @@ def _headline_table(results: Results) -> str:
         f"<th>offload overhead ms (mean, on a {BLOCKING_MS} ms call)</th>"
         "<th>/json p99 ms beside blocking calls</th>"
         "<th>/json p99 ms beside blocking calls in C</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+UPSTREAM_COLUMNS = (
+    "upstream_p50_ms",
+    "upstream_p99_ms",
+    "upstream_bytes_per_request",
+    "upstream_bytes_per_request_r2",
+    "upstream_connections",
+)
+
+
+def _upstream_table(results: Results) -> str:
+    """The upstream scenario's figures per server, with the client each server calls through;
+    empty when the run did not include it."""
+    servers = [s for s in _servers(results) if "upstream_p50_ms" in results.headline[s].figures]
+    if not servers:
+        return ""
+    rows = []
+    for server in servers:
+        headline = results.headline[server]
+        cells = [
+            f"<td>{html.escape(UPSTREAM_CLIENTS.get(server, ''))}</td>",
+            _cell(headline.cpu_us_per_request.get("upstream"), show_error=True),
+            *(_cell(headline.figures.get(name), FIGURES[name].scale) for name in UPSTREAM_COLUMNS),
+        ]
+        rows.append(f"<tr><th>{_swatch(server)}</th>{''.join(cells)}</tr>")
+    head = "".join(
+        f"<th>{html.escape(FIGURES[name].label)}"
+        + (f" {html.escape(FIGURES[name].unit)}" if FIGURES[name].unit else "")
+        + "</th>"
+        for name in UPSTREAM_COLUMNS
+    )
+    return (
+        "<h2>Calling another service</h2>\n<p>The upstream scenario: each request makes "
+        f"{UPSTREAM_CALLS} concurrent {UPSTREAM_MS} ms calls to an upstream server through "
+        "the server's own pooled HTTP client. CPU per request is the server's and its "
+        "client's together.</p>\n<table><tr><th>server</th><th>client</th>"
+        f"<th>CPU µs per request</th>{head}</tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -388,6 +445,9 @@ def _repeats_note(results: Results) -> str:
 BUSY_LOAD_PER_CPU = 0.5  # a load average above this per CPU at the start: a busy machine
 
 
+MAX_ERROR_SHARE = 0.01  # failed requests in a run past which the report warns
+
+
 def _warnings(results: Results) -> str:
     """What may make this run's figures less than they seem, said before any figure."""
     env = results.environment
@@ -410,6 +470,27 @@ def _warnings(results: Results) -> str:
             + html.escape(", ".join(bound))
             + ". Those figures are what the load generator reached (see CPU per request for "
             "what the servers cost)."
+        )
+    failing = []
+    for run in results.runs:
+        answered = sum(step.completed for step in run.steps)
+        errors = sum(step.errors for step in run.steps)
+        if answered and errors / answered > MAX_ERROR_SHARE:
+            failing.append(
+                f"{run.key.server} {run.key.scenario} ({errors / answered:.0%} of "
+                f"{answered:,} requests)"
+            )
+    if failing:
+        warnings.append(
+            "<b>Failed requests.</b> These runs' requests failed more than "
+            f"{MAX_ERROR_SHARE:.0%} of the time, so their figures describe failures, not the "
+            "work asked for (Locust's pages under locust/ say which errors): "
+            + html.escape(", ".join(failing))
+            + (
+                ". (The upstream scenario needs servers started with --upstream.)"
+                if any(" upstream (" in run for run in failing)
+                else "."
+            )
         )
     return "".join(f'<p class="warn">{text}</p>' for text in warnings)
 
@@ -490,6 +571,7 @@ requests). Capacity: 1,000,000 / µs, the requests per second one core would ser
 cost.</p>
 <h2>Headline</h2>
 {_headline_table(results)}
+{_upstream_table(results)}
 <p class="note">Percentiles are exact to 0.1 % (HdrHistogram of every request, 3 significant
 digits). Fixed load: the open-model starvation pass, latency measured from each request's
 intended start; "uncorrected" is what a closed-loop tool would report from the same requests.

@@ -123,8 +123,12 @@ class _ResponseEvents:
         self.events: dict[tuple[object, ...], h11.Response] = {}
 
     def event(self, impl: str, response: Response) -> h11.Response:
-        if (now := int(time.time())) != self.second:
-            self.second, self.events = now, {}
+        events = self.events  # one dict throughout, though threads-h11 may swap it meanwhile
+        # Forward only, so that a thread that read the clock just before another moved the
+        # cache on does not move it back; a clock stepped back by more than that resets it.
+        if (now := int(time.time())) > self.second or now < self.second - 1:
+            events = {}
+            self.second, self.events = now, events
         key = (
             impl,
             response.status,
@@ -133,15 +137,15 @@ class _ResponseEvents:
             response.headers,
             response.close_connection,
         )
-        event = self.events.get(key)
+        event = events.get(key)
         if event is None:
             event = h11.Response(
                 status_code=response.status,
                 headers=response_headers(impl, response),
                 reason=reason(response.status),
             )
-            if len(self.events) < self.LIMIT:
-                self.events[key] = event
+            if len(events) < self.LIMIT:
+                events[key] = event
         return event
 
 

@@ -62,20 +62,31 @@ def call_upstream(
 ) -> Response:
     """`plan.calls` greenlets, each a plain blocking urllib3 call that monkey patching makes
     cooperative; structured: if one fails, or this greenlet is killed because the client left,
-    every call still running is killed (urllib3 then drops its connection)."""
+    every call still running is killed (urllib3 then drops its connection). A failed call
+    returns its fault rather than raising it: a greenlet that dies of an exception has the hub
+    print its traceback, and a refused upstream is routine."""
     if client is None:
         return not_configured()
+
+    def call() -> int | UpstreamFault:
+        try:
+            return client.call(plan.path)
+        except UpstreamFault as fault:
+            return fault
+
     calls = gevent.pool.Group()
     try:
         with gevent.Timeout(client.config.timeout, False):
-            started = [calls.spawn(client.call, plan.path) for _ in range(plan.calls)]
-            for call in started:
-                spawned.add(call)
-            calls.join(raise_error=True)
-            return plan.response([call.value for call in started])
+            started = [calls.spawn(call) for _ in range(plan.calls)]
+            for greenlet in started:
+                spawned.add(greenlet)
+            for finished in gevent.iwait(started):
+                if not finished.successful():
+                    raise finished.exception  # not a fault of the upstream: a bug, a 500
+                if isinstance(finished.value, UpstreamFault):
+                    return finished.value.response
+            return plan.response([greenlet.value for greenlet in started])
         return too_slow(client.config)
-    except UpstreamFault as fault:
-        return fault.response
     finally:
         calls.kill(block=True)
 

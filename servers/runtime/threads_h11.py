@@ -32,6 +32,7 @@ from servers.upstream.sync_client import CallGroup, SyncUpstream
 IMPL = "threads-h11"
 RECEIVE_BYTES = 64 * 1024
 ACCEPT_POLL_S = 0.25  # how often the accepting thread looks for a stop signal
+ABORT_GRACE_S = 0.5  # how long aborted upstream calls get to end before the answer goes out
 
 
 class ThreadsH11Server:
@@ -182,13 +183,24 @@ def _call_upstream(client: SyncUpstream, plan: Upstream, sock: socket.socket) ->
     """A thread per call, each a blocking urllib3 call; structured like _fanout: this thread
     waits for all of them (or the deadline) while watching its socket, and if the client
     leaves, a call fails or the deadline passes, it aborts the rest (shuts their sockets: a
-    thread cannot be cancelled) and joins them before answering."""
+    thread cannot be cancelled) and gives them a moment to end. A call still connecting
+    cannot be aborted: it is left to end on its own (within the connect timeout), unwaited."""
     group = CallGroup()
     statuses = [0] * plan.calls
     first_fault: list[Response] = []  # the fault that answers the request, if any
-    left = [plan.calls]
     lock = threading.Lock()
-    done = os.eventfd(0, os.EFD_CLOEXEC)  # written when the last call ends, or one fails
+    # Written when the last call ends or one fails; closed by whoever is last to use it (the
+    # waiting thread may leave before a call it could not abort has ended).
+    done = os.eventfd(0, os.EFD_CLOEXEC)
+    users = [plan.calls + 1]  # the calls, and this thread
+    waiting = [True]
+
+    def release() -> None:
+        with lock:
+            users[0] -= 1
+            last = users[0] == 0
+        if last:
+            os.close(done)
 
     def call(index: int) -> None:
         try:
@@ -196,24 +208,35 @@ def _call_upstream(client: SyncUpstream, plan: Upstream, sock: socket.socket) ->
         except UpstreamFault as fault:
             with lock:
                 first_fault.append(fault.response)
-            os.eventfd_write(done, 1)  # one failure answers the request: stop waiting
+                if waiting[0]:
+                    os.eventfd_write(done, 1)  # one failure answers the request
         finally:
             with lock:
-                left[0] -= 1
-                if left[0] == 0:
+                ended = users[0] == 2  # only this call and the waiting thread left
+                if ended and waiting[0]:
                     os.eventfd_write(done, 1)
+            release()
 
-    calls = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(plan.calls)]
+    deadline = time.monotonic() + client.config.timeout
+    calls = []
     try:
-        for thread in calls:
+        for index in range(plan.calls):
+            thread = threading.Thread(target=call, args=(index,), daemon=True)
             thread.start()
-        watched = _watching_until(sock, time.monotonic() + client.config.timeout, done)
+            calls.append(thread)
+        watched = _watching_until(sock, deadline, done)
     finally:
-        if left[0]:
+        with lock:
+            waiting[0] = False
+            running = users[0] > 1
+        if running:
             group.abort()  # the client left, a call failed, or the deadline passed
-        for thread in calls:
-            thread.join()
-        os.close(done)
+            grace = time.monotonic() + ABORT_GRACE_S
+            for thread in calls:
+                thread.join(max(0.0, grace - time.monotonic()))
+        with lock:
+            users[0] -= plan.calls - len(calls)  # calls that never started
+        release()
     if watched is None:
         return Watched(outcome=too_slow(client.config))
     if watched.client_gone:

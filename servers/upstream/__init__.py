@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from servers.contract import Response, error
 
 __all__ = [
+    "CLIENTS",
     "DEFAULT_POOL",
     "DEFAULT_TIMEOUT_S",
     "KEEPALIVE_S",
@@ -32,6 +33,16 @@ __all__ = [
     "unreachable",
 ]
 
+# The client library each server's /upstream calls through (its stackbench_server_info
+# http_client label says the same, with the version: tests/test_upstream.py checks).
+CLIENTS = {
+    "gevent": "urllib3",
+    "gevent-h11": "urllib3",
+    "threads-h11": "urllib3",
+    "aiohttp": "aiohttp",
+    "trio": "httpx",
+    "asyncio-h11": "httpx",
+}
 DEFAULT_POOL = 100
 MAX_POOL = 10_000
 DEFAULT_TIMEOUT_S = 10.0
@@ -55,18 +66,23 @@ class UpstreamConfig:
         cls, url: str, pool: int = DEFAULT_POOL, timeout: float = DEFAULT_TIMEOUT_S
     ) -> UpstreamConfig:
         """Checked settings; ValueError with a one-line reason otherwise."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise ValueError(f"--upstream {url!r}: {exc}") from None
         if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"--upstream must be an http://host:port URL, not {url!r}")
+            raise ValueError(f"--upstream must be an http://host[:port] URL, not {url!r}")
         if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
             raise ValueError(f"--upstream takes a scheme, host and port only, not {url!r}")
         try:
-            port = parts.port or 80
+            port = 80 if parts.port is None else parts.port
         except ValueError:
-            raise ValueError(f"--upstream has a bad port: {url!r}") from None
+            port = 0
+        if not 1 <= port <= 65535:
+            raise ValueError(f"--upstream has a bad port: {url!r}")
         if not 1 <= pool <= MAX_POOL:
             raise ValueError(f"--upstream-pool must be 1..{MAX_POOL}")
-        if not 0 < timeout <= MAX_TIMEOUT_S:
+        if not 0 < timeout <= MAX_TIMEOUT_S:  # also refuses nan
             raise ValueError(f"--upstream-timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds")
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         return cls(f"http://{host}:{port}", pool, timeout)

@@ -43,21 +43,31 @@ class CallGroup:
             if self.aborted:
                 raise urllib3.exceptions.ProtocolError("call aborted")
             self._connections.append(connection)
+            connection.group = self
+
+    def leave(self, connection: _TrackedConnection) -> None:
+        """The call is done with `connection` (it goes back to the pool, where another
+        request's call may take it): aborting this group must no longer touch it."""
+        with self._lock:
+            if connection in self._connections:
+                self._connections.remove(connection)
+            connection.group = None
 
     def abort(self) -> None:
         with self._lock:
             self.aborted = True
             connections = list(self._connections)
-        for connection in connections:
-            connection.shut()
+            # Shut under the lock: a connection cannot leave (and be handed to another
+            # request) half-way through.
+            for connection in connections:
+                connection.shut()
 
     def connected(self, connection: _TrackedConnection) -> None:
         """A connection of the group has just connected: shut it if the group is aborted
         (abort() may have run while its socket did not exist yet)."""
         with self._lock:
-            aborted = self.aborted
-        if aborted:
-            connection.shut()
+            if self.aborted:
+                connection.shut()
 
 
 class _TrackedConnection(HTTPConnection):
@@ -65,15 +75,15 @@ class _TrackedConnection(HTTPConnection):
 
     def request(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
         group = getattr(_current, "group", None)
-        self.group = group
         if group is not None:
             group.join(self)
         super().request(*args, **kwargs)  # type: ignore[arg-type]
 
     def connect(self) -> None:
         super().connect()
-        if self.group is not None:
-            self.group.connected(self)
+        group = self.group
+        if group is not None:
+            group.connected(self)
 
     def shut(self) -> None:
         sock = self.sock
@@ -85,12 +95,22 @@ class _TrackedConnection(HTTPConnection):
 class _Pool(urllib3.HTTPConnectionPool):
     ConnectionCls = _TrackedConnection
 
+    def _put_conn(self, conn: HTTPConnection | None) -> None:
+        group = getattr(conn, "group", None)
+        if group is not None:
+            group.leave(conn)  # type: ignore[arg-type]
+        super()._put_conn(conn)
+
 
 class SyncUpstream:
     """The process's pooled urllib3 client to the upstream."""
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
+        # Calls wait for a free connection here, not inside urllib3: a greenlet killed while
+        # waiting in urllib3's pool queue puts a slot back that was never taken (the pool then
+        # opens more connections than its size). A semaphore is safe to kill a waiter of.
+        self._slots = threading.BoundedSemaphore(config.pool)
         self.pool = _Pool(
             config.host,
             config.port,
@@ -102,6 +122,13 @@ class SyncUpstream:
 
     def call(self, path: str, group: CallGroup | None = None) -> int:
         """One GET; its status. Raises UpstreamFault."""
+        if not self._slots.acquire(timeout=self.config.timeout):
+            raise UpstreamFault(too_slow(self.config))  # no connection came free in time
+        if group is not None and group.aborted:
+            # Aborted while it waited: leave the pooled connections alone (taking one only to
+            # refuse it would close a healthy connection).
+            self._slots.release()
+            raise UpstreamFault(unreachable(self.config, "call aborted"))
         _current.group = group
         try:
             answer = self.pool.request("GET", path, pool_timeout=self.config.timeout)
@@ -116,6 +143,7 @@ class SyncUpstream:
             raise UpstreamFault(unreachable(self.config, reason(exc))) from None
         finally:
             _current.group = None
+            self._slots.release()
 
     def close(self) -> None:
         self.pool.close()

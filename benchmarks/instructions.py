@@ -216,6 +216,12 @@ def main() -> None:
     parser.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S)
     parser.add_argument("--server-cpus", type=_cpus, default={0})
     parser.add_argument("--client-cpus", type=_cpus, default={1})
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help=f"which variants of each server to count (default: {','.join(KINDS)}; the ratio "
+        "and telemetry share need all three)",
+    )
     parser.add_argument("--keep", type=Path, help="copy callgrind's dumps here")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -223,6 +229,9 @@ def main() -> None:
         impls = parse_servers(args.servers)
     except ValueError as exc:
         parser.error(str(exc))
+    kinds = [kind for kind in args.kinds.split(",") if kind]
+    if not kinds or not set(kinds) <= set(KINDS):
+        parser.error(f"--kinds takes some of {','.join(KINDS)}")
     if not 0 < args.n1 < args.n2 or args.warmup < 0 or args.repeat < 1:
         parser.error("need 0 < --n1 < --n2, --warmup >= 0 and --repeat >= 1")
     missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
@@ -234,7 +243,7 @@ def main() -> None:
 
     counts: dict[str, dict[str, Count]] = {}
     for impl in impls:
-        for kind in KINDS:
+        for kind in kinds:
             variant = Variant(impl, kind)
             result = count(variant, args, args.keep)
             counts.setdefault(impl, {})[kind] = result
@@ -245,6 +254,13 @@ def main() -> None:
                 flush=True,
             )
 
+    if set(kinds) != set(KINDS):
+        if args.json:
+            args.json.write_text(json.dumps({
+                "n1": args.n1, "n2": args.n2,
+                "servers": {i: {k: asdict(c) for k, c in by.items()} for i, by in counts.items()},
+            }, indent=2))  # fmt: skip
+        return
     print(
         f"\ncallgrind, {args.n2} - {args.n1} sequential keep-alive GET / on one connection, "
         f"server on CPU {sorted(args.server_cpus)}\nidle/req: the idle rate times the time a "

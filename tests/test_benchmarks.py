@@ -98,7 +98,7 @@ def test_wrk_benchmark_runs_beside_bare_reference(tmp_path: Path) -> None:
 
 
 def test_instruction_count_benchmark_counts_per_request(tmp_path: Path) -> None:
-    """Under valgrind: ~1 minute (three server processes start 15-20 s each)."""
+    """Under valgrind: one server process (each takes 15-20 s to start there)."""
     import shutil
 
     import pytest
@@ -109,18 +109,17 @@ def test_instruction_count_benchmark_counts_per_request(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable, str(BENCHMARKS / "instructions.py"), "--servers", "aiohttp",
-            "--n1", "20", "--n2", "60", "--warmup", "5", "--idle-seconds", "1",
-            "--json", str(out),
+            "--kinds", "server", "--n1", "20", "--n2", "60", "--warmup", "5",
+            "--idle-seconds", "1", "--json", str(out),
         ],
         capture_output=True, text=True, timeout=140,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    row = json.loads(out.read_text())["servers"]["aiohttp"]
-    for kind in ("server", "no-metrics", "bare"):
-        assert row[kind]["per_request"] > 0, kind
-        assert row[kind]["idle_per_s"] >= 0, kind
-    assert row["ratio"] > 0
-    assert "telemetry share" in done.stdout
+    counted = json.loads(out.read_text())["servers"]["aiohttp"]["server"]
+    # A GET / costs a few hundred thousand instructions on any of these servers.
+    assert 50_000 < counted["per_request"] < 5_000_000, counted
+    assert counted["idle_per_s"] >= 0
+    assert "instructions/request" in done.stderr
 
 
 def test_upstream_clients_benchmark_reports_every_client() -> None:

@@ -279,7 +279,8 @@ def test_memory_per_in_flight_request_is_what_a_held_request_costs(prometheus: P
            for r in prometheus.query('process_resident_memory_bytes{job="servers"}')}  # fmt: skip
     assert set(per_request) == set(SERVERS)
     for impl, value in per_request.items():
-        assert 0 < value < 256 * 1024, f"{impl}: {value / 1024:.1f} KiB per request"
+        # 0 where the server met the load with memory it had freed before (RSS did not grow)
+        assert 0 <= value < 256 * 1024, f"{impl}: {value / 1024:.1f} KiB per request"
         assert value < rss[impl] / HELD_PER_SERVER / 4, impl  # far below RSS / in flight
 
 

@@ -229,7 +229,7 @@ def _response_heads(answer: bytes) -> list[bytes]:
     return heads
 
 
-FUZZ_CASES = 120
+FUZZ_CASES = 80  # per server; run locally without CI=true to draw new ones
 FUZZ_SILENCE_S = 0.15
 
 

@@ -286,6 +286,10 @@ def test_memory_per_in_flight_request_is_what_a_held_request_costs(prometheus: P
 
 # What a percentile read from the buckets may be off by, for the contract's routes.
 P99_TOLERANCE = 0.10
+# Server and client are compared at this quantile where it rests on at least this many
+# requests (its rank then holds 10 of them).
+CROSS_CHECK_Q = 0.9
+MIN_REQUESTS_FOR_P90 = 100
 CLIENT = "stackbench_client_request_duration_seconds"
 
 
@@ -357,9 +361,9 @@ def test_dashboard_p99_agrees_with_the_exact_p99_per_route(prometheus: Prometheu
     Locust's exact HdrHistograms (0.1 %) of every request so far, counted into the bucket
     bounds and read as Prometheus reads buckets, must give a p99 within 10 % of the exact
     one: that is the buckets' own error, on real latencies. Then, through Prometheus: the
-    server dashboard's p99 times each request from its arrival to its last byte, a part of
-    what the client timed, so it cannot be above the client's beyond both readings' error (the
-    old 50-100 ms bucket read /sleep?ms=50's p99 as ~97 ms against the client's ~57)."""
+    server's histogram times each request from its arrival to its last byte, a part of what
+    the client timed, so its p90 cannot be above the client's beyond both readings' error (the
+    old 50-100 ms bucket read /sleep?ms=50 as ~97 ms against the client's ~57)."""
     window = f"{round(time.monotonic() - prometheus.load_started)}s"
     lines, failures = [], []
     exact = _exact_per_route(prometheus.client_url)
@@ -371,25 +375,36 @@ def test_dashboard_p99_agrees_with_the_exact_p99_per_route(prometheus: Prometheu
                      f"{from_buckets * 1e3:.2f} ms")  # fmt: skip
         if not low * (1 - P99_TOLERANCE) <= from_buckets <= high * (1 + P99_TOLERANCE):
             failures.append(f"buckets {route}")
+    # Server against client at p90: over this short test a route has a few hundred requests
+    # per server, and a p99 of those is their top two or three, which swing by 25 %.
     server = prometheus.query(
-        f"histogram_quantile(0.99, sum by (impl, route, le) "
+        f"histogram_quantile({CROSS_CHECK_Q}, sum by (impl, route, le) "
         f'(increase({REQUESTS}_bucket{{route!="other"}}[{window}])))'
     )
     client = prometheus.query(
-        f"histogram_quantile(0.99, sum by (target, route, le) "
+        f"histogram_quantile({CROSS_CHECK_Q}, sum by (target, route, le) "
         f"(increase({CLIENT}_bucket[{window}])))"
     )
     client_p99 = {(r["metric"]["target"], r["metric"]["route"]): float(r["value"][1])
                   for r in client}  # fmt: skip
+    counted = {
+        (r["metric"]["target"], r["metric"]["route"]): float(r["value"][1])
+        for r in prometheus.query(f"sum by (target, route) (increase({CLIENT}_count[{window}]))")
+    }
+    compared = 0
     for series in server:
         impl, route = series["metric"]["impl"], series["metric"]["route"]
         if (impl, route) not in client_p99:
             continue  # the held requests' /sleep has none finished on some servers
+        if counted.get((impl, route), 0) < MIN_REQUESTS_FOR_P90:
+            continue
+        compared += 1
         value, seen = float(series["value"][1]), client_p99[impl, route]
-        lines.append(f"{impl:12} {route:10} server p99 {value * 1e3:7.2f} ms, "
-                     f"client p99 {seen * 1e3:7.2f} ms")  # fmt: skip
+        lines.append(f"{impl:12} {route:10} server p90 {value * 1e3:7.2f} ms, "
+                     f"client p90 {seen * 1e3:7.2f} ms")  # fmt: skip
         if value > seen * (1 + P99_TOLERANCE) ** 2:  # each read off by up to the tolerance
             failures.append(f"server above client {impl} {route}")
     print("\n".join(lines))
     assert set(exact) >= {"/", "/json", "/sleep", "/fanout", "/blocking", "/echo", "/stream"}
+    assert compared, "no route had enough requests to compare the two p90s"
     assert not failures, "\n".join([*failures, *lines])

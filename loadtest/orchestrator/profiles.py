@@ -61,8 +61,10 @@ PROFILES = {
                 # scenarios whose figures compare levels.
                 "fanout": (16,),
                 "starvation": (4, 16),
-                "coloring": (4, 16),
-                "c_boundary": (4, 16),
+                # Their figures (/json p99 beside blocking calls, an inline call's p50) are
+                # read at the busiest level: one is enough.
+                "coloring": (16,),
+                "c_boundary": (16,),
                 "offload": (4,),  # its figure is read at the lightest level
                 "echo": (4,),  # below what saturates one Locust core
                 "mixed": (8, 32),

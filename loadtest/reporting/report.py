@@ -322,6 +322,17 @@ UPSTREAM_COLUMNS = (
 )
 
 
+def _count_cell(figure: Figure | None) -> str:
+    """A count: exact, so no digits after the point; with its spread over repeats."""
+    if figure is None:
+        return '<td class="num">&ndash;</td>'
+    text = f"{figure.median:,.0f}"
+    if figure.n > 1:
+        spread = f"{figure.min:,.0f}&ndash;{figure.max:,.0f}, n={figure.n}"
+        text += f' <span class="note">({spread})</span>'
+    return f'<td class="num">{text}</td>'
+
+
 def _upstream_table(results: Results) -> str:
     """The upstream scenario's figures per server, with the client each server calls through;
     empty when the run did not include it."""
@@ -334,7 +345,12 @@ def _upstream_table(results: Results) -> str:
         cells = [
             f"<td>{html.escape(UPSTREAM_CLIENTS.get(server, ''))}</td>",
             _cell(headline.cpu_us_per_request.get("upstream"), show_error=True),
-            *(_cell(headline.figures.get(name), FIGURES[name].scale) for name in UPSTREAM_COLUMNS),
+            *(
+                _count_cell(headline.figures.get(name))
+                if name == "upstream_connections"
+                else _cell(headline.figures.get(name), FIGURES[name].scale)
+                for name in UPSTREAM_COLUMNS
+            ),
         ]
         rows.append(f"<tr><th>{_swatch(server)}</th>{''.join(cells)}</tr>")
     head = "".join(

@@ -141,11 +141,7 @@ def _watching(
     watch.register(sock, select.POLLIN)
     while (left := deadline - time.monotonic()) > 0:
         if watch.poll(left * 1000):
-            try:
-                data = sock.recv(RECEIVE_BYTES)
-            except OSError:
-                data = b""
-            if not data:
+            if not (data := _read_or_eof(sock)):
                 return Watched(client_gone=True)
             # A pipelined request: keep it, and stop watching (as the other servers do).
             _sleep_until(deadline, cancel)
@@ -245,6 +241,14 @@ def _call_upstream(client: SyncUpstream, plan: Upstream, sock: socket.socket) ->
     return Watched(received=watched.received, outcome=outcome)
 
 
+def _read_or_eof(sock: socket.socket) -> bytes:
+    """What the client sent next; b"" once it has closed (or reset) its side."""
+    try:
+        return sock.recv(RECEIVE_BYTES)
+    except OSError:
+        return b""
+
+
 def _watching_until(sock: socket.socket, deadline: float, done: int) -> Watched | None:
     """Wait until `done` (an eventfd) is written, watching the socket meanwhile: a Watched
     (client_gone if it closed), or None if the deadline passed first."""
@@ -256,11 +260,7 @@ def _watching_until(sock: socket.socket, deadline: float, done: int) -> Watched 
         for fd, _ in watch.poll(left * 1000):
             if fd == done:
                 return Watched(received=received)
-            try:
-                data = sock.recv(RECEIVE_BYTES)
-            except OSError:
-                data = b""
-            if not data:
+            if not (data := _read_or_eof(sock)):
                 return Watched(client_gone=True)
             # A pipelined request: keep it, and stop watching (as the other servers do).
             received += data

@@ -6,6 +6,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks run for real (installed if missing, as root).
 SYSTEM_PACKAGES := wrk prometheus docker-compose chromium valgrind wget
+# The native tier's toolchains and libraries, built offline from Debian's packages (servers/native/).
+SYSTEM_PACKAGES += golang-go golang-github-prometheus-client-golang-dev \
+  rustc cargo librust-tokio-dev librust-hyper-dev librust-prometheus-dev \
+  librust-prometheus+process-dev librust-sha2-dev librust-serde-json-dev librust-form-urlencoded-dev
 
 .PHONY: demo serve live test lint bench system-deps venv clean
 
@@ -44,6 +48,7 @@ lint: venv
 test: venv system-deps lint
 	$(BIN)/python dashboards/generate.py --check
 	$(BIN)/python -m loadtest.records --check
+	$(BIN)/python -m servers.native
 	$(BIN)/pytest
 
 bench: venv system-deps

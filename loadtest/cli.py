@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from servers import SERVER_MODULES
+from servers.native import NATIVE_SERVERS
 
 
 def _port(text: str) -> int:
@@ -53,6 +54,12 @@ def _connections(text: str) -> int:
     return int(text)
 
 
+def _cores(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of cores (1-1024)")
+    return int(text)
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -87,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         "implementation, "
         "in this process, until SIGTERM or SIGINT.",
     )
-    serve.add_argument("impl", choices=sorted(SERVER_MODULES), help="which server")
+    serve.add_argument(
+        "impl", choices=sorted([*SERVER_MODULES, *NATIVE_SERVERS]), help="which server"
+    )
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
     serve.add_argument(
         "--port", type=_port, default=DEFAULT_PORT, help=f"port, 0 for any (default {DEFAULT_PORT})"
@@ -161,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="deadline of an /upstream request's calls, waiting for a pooled connection "
         "included; past it the answer is 504 (default 10)",
+    )
+    serve.add_argument(
+        "--cores",
+        type=_cores,
+        default=1,
+        metavar="N",
+        help="go-nethttp and rust-hyper: run on N cores (GOMAXPROCS, tokio worker threads); "
+        "default 1, as the Python servers",
     )
     serve.set_defaults(run=_serve)
 
@@ -314,6 +331,10 @@ def _serve(args: argparse.Namespace) -> None:
         _fail("--uvloop applies to the aiohttp and asyncio-h11 servers only")
     if not args.cancel_on_disconnect and args.impl != "aiohttp":
         _fail("--no-cancel-on-disconnect applies to the aiohttp server only")
+    if args.cores != 1 and args.impl not in NATIVE_SERVERS:
+        _fail("--cores applies to the go-nethttp and rust-hyper servers only")
+    if args.impl in NATIVE_SERVERS:
+        _exec_native(args)
     # Import the server first: gevent's must monkey-patch before the rest loads.
     server = importlib.import_module(SERVER_MODULES[args.impl])
     from servers.lifecycle import ServeError, ServeOptions
@@ -345,6 +366,41 @@ def _serve(args: argparse.Namespace) -> None:
         server.serve(options)
     except ServeError as exc:
         _fail(str(exc))
+
+
+def _exec_native(args: argparse.Namespace) -> None:
+    """Replace this process with the native server (built first if need be), so that the pid
+    the orchestrator pins and measures is the server's own."""
+    from servers.native import NativeBuildError, exec_argv
+    from servers.upstream import DEFAULT_POOL, DEFAULT_TIMEOUT_S, UpstreamConfig
+
+    options = [
+        "--host", args.host, "--port", str(args.port),
+        "--drain-timeout", f"{args.drain_timeout:g}", "--idle-timeout", f"{args.idle_timeout:g}",
+        "--header-timeout", f"{args.header_timeout:g}",
+        "--max-connections", str(args.max_connections), "--cores", str(args.cores),
+    ]  # fmt: skip
+    if not args.metrics:
+        options.append("--no-metrics")
+    if args.upstream is not None:
+        try:
+            upstream = UpstreamConfig.parse(
+                args.upstream, args.upstream_pool, args.upstream_timeout
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+        options += ["--upstream", upstream.url,
+                    "--upstream-pool", str(upstream.pool),
+                    "--upstream-timeout", f"{upstream.timeout:g}"]  # fmt: skip
+    elif (args.upstream_pool, args.upstream_timeout) != (DEFAULT_POOL, DEFAULT_TIMEOUT_S):
+        _fail("--upstream-pool and --upstream-timeout need --upstream URL")
+    try:
+        argv = exec_argv(args.impl, options)
+    except NativeBuildError as exc:
+        _fail(str(exc))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
 
 
 def _demo(args: argparse.Namespace) -> None:

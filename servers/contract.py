@@ -23,13 +23,18 @@ STACK_TIER = ("gevent", "trio", "aiohttp")
 # The runtime tier: one h11-based HTTP core (servers/protocol/) on each runtime, so that the
 # runtimes differ and nothing else. trio is in both: its idiomatic stack is trio + h11.
 RUNTIME_TIER = ("gevent-h11", "asyncio-h11", "trio", "threads-h11")
-TIERS = {"stack": STACK_TIER, "runtime": RUNTIME_TIER}
-IMPLS = tuple(dict.fromkeys(STACK_TIER + RUNTIME_TIER))  # every server, each once
+# The native tier: the archetypes of the two models outside Python, Go's goroutines (stackful,
+# implicit yields) and Rust's futures on tokio (stackless, explicit `.await`), built from
+# servers/native/ and measured the same way.
+NATIVE_TIER: tuple[str, ...] = ()
+TIERS = {"stack": STACK_TIER, "runtime": RUNTIME_TIER, "native": NATIVE_TIER}
+IMPLS = tuple(dict.fromkeys(STACK_TIER + RUNTIME_TIER + NATIVE_TIER))  # every server, each once
 # The runtime under each server: explicit-await loops (trio, asyncio) stall on a blocking call
 # made inline; gevent (monkey-patched) and threads do not.
 RUNTIMES = {
     "gevent": "gevent", "trio": "trio", "aiohttp": "asyncio",
     "gevent-h11": "gevent", "asyncio-h11": "asyncio", "threads-h11": "threads",
+    "go-nethttp": "go", "rust-hyper": "tokio",
 }  # fmt: skip
 
 MAX_SLEEP_MS = 60_000

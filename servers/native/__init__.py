@@ -1,0 +1,135 @@
+"""The native tier: Go net/http and Rust tokio/hyper serving the same contract, built from source.
+
+`stackbench serve go-nethttp` (or `rust-hyper`) builds the server on first use with the
+toolchain and libraries Debian packages (`make system-deps` installs them), keeps the binary in
+a cache keyed by a hash of its sources and the toolchain's version, and then *execs* it with the
+same options the Python servers take, so the process `stackbench run` pins and measures is the
+native server itself.
+
+The builds are offline by design: Go in GOPATH mode against /usr/share/gocode, Rust with cargo's
+source replacement pointing at /usr/share/cargo/registry (rust/.cargo/config.toml, which cargo
+reads from the directory it builds in).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["NATIVE_SERVERS", "NativeBuildError", "binary", "build_all", "exec_argv"]
+
+HERE = Path(__file__).resolve().parent
+CACHE_ENV = "STACKBENCH_NATIVE_CACHE"
+
+
+class NativeBuildError(RuntimeError):
+    """The toolchain is missing or the build failed; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class NativeServer:
+    impl: str
+    source: Path  # the directory whose files the binary is built from
+    toolchain: tuple[str, ...]  # prints the version the cache key includes
+    packages: str  # the Debian packages that provide the toolchain and libraries
+
+    def sources(self) -> list[Path]:
+        skip = {"target", ".git"}
+        return sorted(
+            p for p in self.source.rglob("*")
+            if p.is_file() and not skip.intersection(p.relative_to(self.source).parts)
+        )  # fmt: skip
+
+    def build_command(self, out: Path) -> tuple[list[str], dict[str, str]]:
+        env = dict(os.environ)
+        if self.impl == "go-nethttp":
+            env.update(GO111MODULE="off", GOPATH="/usr/share/gocode", GOFLAGS="",
+                       GOCACHE=str(out.parent / "go-build-cache"))  # fmt: skip
+            return ["/usr/bin/go", "build", "-o", str(out), "."], env
+        # Debian's cargo and rustc, whatever rustup put first on the PATH: the crates under
+        # /usr/share/cargo/registry are the versions Debian's rustc builds.
+        env.update(RUSTC="/usr/bin/rustc", CARGO_TARGET_DIR=str(out.parent / "target"),
+                   CARGO_HOME=str(out.parent / "cargo-home"))  # fmt: skip
+        env.pop("RUSTUP_TOOLCHAIN", None)
+        return ["/usr/bin/cargo", "build", "--release", "--offline", "--quiet"], env
+
+
+NATIVE_SERVERS = {
+    "go-nethttp": NativeServer(
+        "go-nethttp", HERE / "go", ("/usr/bin/go", "version"),
+        "golang-go golang-github-prometheus-client-golang-dev",
+    ),
+    "rust-hyper": NativeServer(
+        "rust-hyper", HERE / "rust", ("/usr/bin/rustc", "--version"),
+        "rustc cargo librust-tokio-dev librust-hyper-dev librust-prometheus-dev",
+    ),
+}  # fmt: skip
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "stackbench" / "native"
+    return Path(root)
+
+
+def _key(server: NativeServer) -> str:
+    if not Path(server.toolchain[0]).exists():
+        raise NativeBuildError(
+            f"{server.impl} needs {server.toolchain[0]}: `make system-deps` installs the Debian "
+            f"packages {server.packages}"
+        )
+    digest = hashlib.sha256()
+    version = subprocess.run(server.toolchain, capture_output=True, text=True, check=False)
+    digest.update(version.stdout.encode())
+    for path in server.sources():
+        digest.update(str(path.relative_to(server.source)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def binary(impl: str, progress=lambda line: print(line, file=sys.stderr)) -> Path:
+    """The built server, building it first if its sources or toolchain changed."""
+    server = NATIVE_SERVERS[impl]
+    out_dir = _cache_dir() / impl
+    out = out_dir / f"{impl}-{_key(server)}"
+    if out.exists():
+        return out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two processes asking at once build it once
+        if out.exists():
+            return out
+        progress(f"building {impl} (once per source change) ...")
+        command, env = server.build_command(out)
+        done = subprocess.run(command, cwd=server.source, env=env, capture_output=True,
+                              text=True, check=False)  # fmt: skip
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
+            raise NativeBuildError(f"building {impl} failed: {' | '.join(last)}")
+        if impl == "rust-hyper":
+            shutil.copy2(out_dir / "target" / "release" / "stackbench-rust-hyper", out)
+        for stale in out_dir.glob(f"{impl}-*"):
+            if stale != out:
+                stale.unlink(missing_ok=True)
+    return out
+
+
+def build_all() -> dict[str, Path]:
+    return {impl: binary(impl) for impl in NATIVE_SERVERS}
+
+
+def exec_argv(impl: str, options: list[str]) -> list[str]:
+    return [str(binary(impl)), "--impl", impl, *options]
+
+
+if __name__ == "__main__":
+    try:
+        for impl, path in build_all().items():
+            print(f"{impl}: {path}")
+    except NativeBuildError as exc:
+        sys.exit(f"stackbench: {exc}")

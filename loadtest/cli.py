@@ -557,10 +557,16 @@ def _tasks(args: argparse.Namespace) -> None:
         depths = (-1,)
     if any(not 0 <= d <= 200 for d in depths):
         _fail(f"--depths {args.depths!r}: expected frame counts from 0 to 200, e.g. 0,10")
-    rows = tasks.run_all(args.scale, depths, lambda text: print(text, file=sys.stderr))
-    print(tasks.table(rows))
+    from servers.native import NativeBuildError
+
+    try:
+        rows = tasks.run_all(args.scale, depths, lambda text: print(text, file=sys.stderr))
+        cgo = tasks.measure_cgo()
+    except NativeBuildError as exc:
+        _fail(str(exc))
+    print(tasks.table(rows, cgo))
     out = args.out or Path("results") / f"tasks-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"chart: {tasks.write(out, rows)}")
+    print(f"chart: {tasks.write(out, rows, cgo)}")
 
 
 def _fail(message: str) -> None:

@@ -142,7 +142,7 @@ class RunHeader(Record):
     started: str
     profile: ProfileInfo
     # The tiers whose servers were run: "stack" (the idiomatic stacks), "runtime" (one h11
-    # core on each runtime); a server in both (trio) appears in both.
+    # core on each runtime), "native" (Go and Rust); a server in two (trio) appears in both.
     tiers: dict[str, list[str]]
     planned: list[RunKey]
     scenarios: dict[str, ScenarioSpec]

@@ -19,7 +19,9 @@ def test_tasks_measures_every_runtime(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "tasks.json").read_text())
-    assert {row["runtime"] for row in rows} == {"gevent", "asyncio", "uvloop", "trio", "thread"}
+    assert {row["runtime"] for row in rows} == {
+        "gevent", "asyncio", "uvloop", "trio", "thread", "go", "tokio",
+    }  # fmt: skip
     assert {row["depth"] for row in rows} == {0, 10}
     largest = {}
     for row in rows:
@@ -31,7 +33,13 @@ def test_tasks_measures_every_runtime(tmp_path: Path) -> None:
         assert row["spawn_us"] > 0 and row["switch_us"] > 0, key
     # A greenlet keeps a copy of its C stack: more than a stackless asyncio task.
     assert largest[("gevent", 10)]["bytes_per_task"] > largest[("asyncio", 10)]["bytes_per_task"]
-    assert "minimum goroutine stack" in done.stdout
+    # The archetypes measured, not quoted: a goroutine keeps a stack of its own (Go documents
+    # 2 KiB as its minimum), a parked tokio task only its future's state.
+    assert largest[("go", 0)]["bytes_per_task"] >= 2048
+    assert largest[("tokio", 0)]["bytes_per_task"] < largest[("go", 0)]["bytes_per_task"]
+    cgo = json.loads((tmp_path / "cgo.json").read_text())
+    assert cgo["cgo_call_ns"] > cgo["go_call_ns"] > 0
+    assert "a call from Go into C (cgo)" in done.stdout
     page = (tmp_path / "tasks.html").read_text()
     assert "<svg" in page and "http://" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', ""

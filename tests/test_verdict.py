@@ -98,3 +98,39 @@ def test_on_a_recorded_run_swapping_two_servers_swaps_the_sentences(tmp_path) ->
         pairs = (("trio", "aiohttp"), ("aiohttp", "trio"))
         expected = {name: row.figures[was] for name, was in pairs if was in row.figures}
         assert other.figures == expected
+
+
+GO = ((20_000, 21_000, 22_000), (3.0, 3.5, 4.0))
+RUST = ((14_000, 14_500, 15_000), (90.0, 95.0, 99.0))
+
+
+def test_the_archetypes_stand_beside_the_python_worlds_not_in_their_groups() -> None:
+    run = {
+        "gevent": headline(*GEVENT), "trio": headline(*TRIO),
+        "go-nethttp": headline(*GO), "rust-hyper": headline(*RUST),
+    }  # fmt: skip
+    rows = {row.claim.split(" (")[0]: row for row in verdict(run)}
+    memory = rows["A stackful task costs more memory"]
+    # Decided between the Python servers alone, as without the natives...
+    assert memory.reading.startswith("gevent measured the most, 30.3 KiB, 3.3x trio's 9.28")
+    assert "every stackful (gevent) server measured more than every stackless (trio)" in (
+        memory.reading
+    )
+    # ...then the archetypes, ranked, and each Python server's distance from its own.
+    assert "Natively: rust-hyper 14.2 KiB, go-nethttp 20.5 KiB" in memory.reading
+    assert "holds between them: the stackful one measured more" in memory.reading
+    assert "Beside its archetype: gevent 1.5x go-nethttp, trio 0.66x rust-hyper." in (
+        memory.reading
+    )
+    assert set(memory.figures) == set(run)  # a column each in the report
+    swapped = {**run, "go-nethttp": headline(*RUST), "rust-hyper": headline(*GO)}
+    swapped_memory = next(r for r in verdict(swapped) if r.claim == memory.claim).reading
+    assert "Natively: go-nethttp 14.2 KiB, rust-hyper 20.5 KiB" in swapped_memory
+    assert "does not hold between them: the stackful one measured less" in swapped_memory
+
+
+def test_natives_alone_do_not_decide_a_python_claim() -> None:
+    rows = verdict({"go-nethttp": headline(*GO), "rust-hyper": headline(*RUST)})
+    memory = rows[0].reading
+    assert memory.startswith("Not measured by this run") and "two Python servers" in memory
+    assert "Natively: rust-hyper 14.2 KiB, go-nethttp 20.5 KiB" in memory

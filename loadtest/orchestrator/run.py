@@ -8,6 +8,7 @@ import dataclasses
 import importlib.metadata
 import os
 import platform
+import re
 import resource
 import signal
 import socket
@@ -169,6 +170,16 @@ def versions() -> dict[str, str]:
                     "prometheus-client", "psutil", "hdrhistogram"):  # fmt: skip
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[package] = importlib.metadata.version(package)
+    # The native tier's compilers, where installed (the servers' crates and Go modules are
+    # Debian's: their versions are in each server's stackbench_server_info).
+    for name, command, pattern in (
+        ("go", ("/usr/bin/go", "version"), r"go(\d+\.\d+(?:\.\d+)?)"),
+        ("rustc", ("/usr/bin/rustc", "--version"), r"rustc (\d+\.\d+\.\d+)"),
+    ):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            printed = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
+            if match := re.search(pattern, printed):
+                found[name] = match[1]
     return found
 
 
@@ -620,3 +631,17 @@ def validate(servers: list[str], scenarios: list[str], remote: tuple[str, ...] =
         raise RunError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
     if not servers or not scenarios:
         raise RunError("nothing to run: give at least one server and one scenario")
+    _build_natives([s for s in servers if s not in remote])
+
+
+def _build_natives(servers: list[str]) -> None:
+    """Build the native servers the run needs now, before any clock runs (a first Rust build
+    takes longer than a server is given to start)."""
+    from servers.native import NATIVE_SERVERS, NativeBuildError, binary
+
+    for server in servers:
+        if server in NATIVE_SERVERS:
+            try:
+                binary(server)
+            except NativeBuildError as exc:
+                raise RunError(str(exc)) from None

@@ -2,8 +2,11 @@
 how long does it take to spawn, and what does a switch cost, in each runtime?
 
 Each measurement runs in a fresh subprocess (gevent must monkey-patch alone, and RSS must not
-carry over): it parks N tasks, each `depth` Python frames deep (a greenlet's saved stack grows
-with depth; a coroutine's frames live on the heap either way), and reports the RSS delta per task.
+carry over): it parks N tasks, each `depth` frames deep (a greenlet's saved stack grows with
+depth; a coroutine's frames live on the heap either way), and reports the RSS delta per task.
+The archetypes are measured the same way by the native servers' binaries (`--measure-tasks`):
+a goroutine (Go's runtime, stackful) and a task on tokio (Rust's futures, stackless). Go's
+binary also times a cgo call, the price of Go's C boundary.
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from typing import Any
 
 import psutil
 
-RUNTIMES = ("gevent", "asyncio", "uvloop", "trio", "thread")
-GO_MIN_STACK_BYTES = 2048  # a goroutine's initial stack (Go 1.4 and later)
+PYTHON_RUNTIMES = ("gevent", "asyncio", "uvloop", "trio", "thread")
+# Each native runtime and the server binary that measures it.
+NATIVE_RUNTIMES = {"go": "go-nethttp", "tokio": "rust-hyper"}
+RUNTIMES = (*PYTHON_RUNTIMES, *NATIVE_RUNTIMES)
+GO_MIN_STACK_BYTES = 2048  # a goroutine's initial stack (Go 1.4 and later), as documented
 SWITCHES = 20_000
+CGO_CALLS = 2_000_000
 
 
 def _rss() -> int:
@@ -161,13 +168,19 @@ def _measure_thread(n: int, depth: int) -> dict[str, float]:
             "switch": (time.perf_counter() - started) / (SWITCHES // 10)}  # fmt: skip
 
 
+def _command(runtime: str, n: int, depth: int) -> list[str]:
+    if runtime in NATIVE_RUNTIMES:
+        from servers.native import binary
+
+        binary_path = binary(NATIVE_RUNTIMES[runtime])
+        return [str(binary_path), "--measure-tasks", str(n), "--depth", str(depth)]
+    return [sys.executable, "-m", "loadtest.orchestrator.tasks", "--child", runtime, str(n),
+            str(depth)]  # fmt: skip
+
+
 def measure(runtime: str, n: int, depth: int) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter."""
-    done = subprocess.run(
-        [sys.executable, "-m", "loadtest.orchestrator.tasks", "--child", runtime, str(n),
-         str(depth)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    """Run one measurement in a fresh process."""
+    done = subprocess.run(_command(runtime, n, depth), capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"{runtime} n={n}: {done.stderr.strip().splitlines()[-1:]}")
     figures = json.loads(done.stdout)
@@ -196,7 +209,19 @@ def run_all(scale: float, depths: tuple[int, ...], progress: Callable[[str], Non
     return rows
 
 
-def table(rows: list[dict]) -> str:
+def measure_cgo(calls: int = CGO_CALLS) -> dict[str, float]:
+    """What one call from Go into C costs against one Go call (nanoseconds, Go's binary timing
+    `calls` of each, best of its repeats): the toll at Go's C boundary."""
+    from servers.native import binary
+
+    command = [str(binary("go-nethttp")), "--measure-cgo", str(calls)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"cgo: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout)
+
+
+def table(rows: list[dict], cgo: dict[str, float] | None = None) -> str:
     lines = [
         f"{'runtime':<8} {'tasks':>7} {'depth':>5} {'bytes/task':>11} {'spawn us':>9} "
         f"{'switch us':>9}"
@@ -206,11 +231,16 @@ def table(rows: list[dict]) -> str:
             f"{row['runtime']:<8} {row['tasks']:>7} {row['depth']:>5} "
             f"{row['bytes_per_task']:>11,.0f} {row['spawn_us']:>9.2f} {row['switch_us']:>9.2f}"
         )
-    lines.append(f"{'go':<8} {'':>7} {'':>5} {GO_MIN_STACK_BYTES:>11,} (minimum goroutine stack)")
+    lines.append(f"(Go documents {GO_MIN_STACK_BYTES:,} bytes as a goroutine's minimum stack)")
+    if cgo:
+        lines.append(
+            f"a call from Go into C (cgo): {cgo['cgo_call_ns']:.0f} ns; "
+            f"a Go call: {cgo['go_call_ns']:.1f} ns"
+        )
     return "\n".join(lines)
 
 
-def page(rows: list[dict]) -> str:
+def page(rows: list[dict], cgo: dict[str, float] | None = None) -> str:
     """A self-contained HTML page: the table and a bar chart of bytes per task."""
     from loadtest.reporting.charts import horizontal_bars
     from loadtest.reporting.report import CSS
@@ -230,7 +260,7 @@ def page(rows: list[dict]) -> str:
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>stackbench tasks</title>"
         f"<style>{CSS}</style></head><body><h1>Memory per idle task</h1>"
         f"{chart}"
-        f"<pre>{table(rows)}</pre></body></html>"
+        f"<pre>{table(rows, cgo)}</pre></body></html>"
     )
 
 
@@ -249,11 +279,13 @@ def main() -> None:
     print(json.dumps(measurers[runtime](n, depth)))
 
 
-def write(out: Path, rows: list[dict]) -> Path:
+def write(out: Path, rows: list[dict], cgo: dict[str, float] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "tasks.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if cgo:
+        (out / "cgo.json").write_text(json.dumps(cgo, indent=2) + "\n")
     path = out / "tasks.html"
-    path.write_text(page(rows), encoding="utf-8")
+    path.write_text(page(rows, cgo), encoding="utf-8")
     return path
 
 

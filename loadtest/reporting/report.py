@@ -174,13 +174,16 @@ def _tiers_note(results: Results) -> str:
         return ""
     parts = []
     for tier, servers in results.tiers.items():
-        if len(servers) < 2:
+        if len(servers) < 2 and tier != "native":
             continue  # trio alone is not the runtime tier: it is in both
         what = {
             "stack": "each runtime with the HTTP stack people deploy on it (aiohttp parses in C, "
             "gevent.pywsgi and h11 in Python)",
             "runtime": "one HTTP core (h11) on each runtime, so the runtimes differ and nothing "
             "else",
+            "native": "the archetypes outside Python, Go's goroutines (stackful, as gevent) and "
+            "Rust's futures on tokio (stackless, as asyncio and trio), on one core each; the "
+            "verdict reads them beside the Python servers, not among them",
         }.get(tier, "")
         parts.append(f"<b>{html.escape(tier)} tier</b> ({html.escape(', '.join(servers))}): {what}")
     if not parts:

@@ -21,10 +21,16 @@ from servers.contract import IMPLS, RUNTIMES
 
 __all__ = ["ALSO", "CLAIMS", "C_BOUNDARY", "Claim", "Row", "verdict"]
 
-# Stackful: each task has its own stack (greenlets; OS threads). Stackless: a coroutine object
-# per task, resumed by an event loop (trio, asyncio).
-STACKFUL_RUNTIMES = frozenset({"gevent", "threads"})
-PREEMPTIVE_RUNTIMES = frozenset({"threads"})
+# Stackful: each task has its own stack (greenlets; OS threads; goroutines). Stackless: a
+# coroutine object per task, resumed by an event loop (trio, asyncio; Rust's futures on tokio).
+STACKFUL_RUNTIMES = frozenset({"gevent", "threads", "go"})
+# Go preempts a busy goroutine (asynchronously, since Go 1.14), as the OS preempts a thread.
+PREEMPTIVE_RUNTIMES = frozenset({"threads", "go"})
+# The native archetypes stand beside the Python worlds, not in their groups: a claim is about the
+# model, and Go or Rust against Python would measure the language. Each Python runtime's
+# archetype: gevent's model is Go's; asyncio's and trio's is Rust's futures on tokio.
+NATIVE_RUNTIMES = frozenset({"go", "tokio"})
+ARCHETYPES = {"gevent": "go", "asyncio": "tokio", "trio": "tokio"}
 GO_MIN_STACK_KIB = 2  # Go's smallest goroutine stack: the debate's reference
 PER_CHILD = "fanout:per_child"
 
@@ -52,7 +58,11 @@ def _cooperative(server: str) -> bool:
 
 
 def _explicit_await(server: str) -> bool:
-    return RUNTIMES.get(server) in ("trio", "asyncio")
+    return RUNTIMES.get(server) in ("trio", "asyncio", "tokio")
+
+
+def _native(server: str) -> bool:
+    return RUNTIMES.get(server) in NATIVE_RUNTIMES
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -169,17 +179,19 @@ def _also(claim: Claim, headline: dict[str, ServerHeadline]) -> str:
 
 
 def _row(claim: Claim, headline: dict[str, ServerHeadline]) -> Row:
+    """The claim decided between the Python servers (the natives are read beside: _beside)."""
     measured = {
         server: figure
         for server, figures in headline.items()
         if (figure := _figure(figures, claim.figure)) is not None
     }
     shown = {server: _shown(figure, claim) for server, figure in measured.items()}
+    measured = {server: figure for server, figure in measured.items() if not _native(server)}
     if len(measured) < 2:
         return Row(
             claim.claim, shown,
             f"Not measured by this run: it needs {claim.scenario.replace(',', ' and ')} "
-            f"(stackbench run --scenarios {claim.scenario}) with at least two servers.",
+            f"(stackbench run --scenarios {claim.scenario}) with at least two Python servers.",
             False,
         )  # fmt: skip
     higher = {s: f for s, f in measured.items() if claim.higher(s)}
@@ -204,10 +216,11 @@ def _row(claim: Claim, headline: dict[str, ServerHeadline]) -> Row:
         )
     if not higher or not lower:
         missing = claim.lower_name if higher else claim.higher_name
+        candidates = [s for s in IMPLS if claim.higher(s) != bool(higher) and not _native(s)]
         return Row(
             claim.claim, shown,
             f"{order} Not decided: this run has no {missing} server to compare with (add "
-            f"one of {', '.join(s for s in IMPLS if claim.higher(s) != bool(higher))}).",
+            f"one of {', '.join(candidates)}).",
             False,
         )  # fmt: skip
     if any(f.driver_bound for f in measured.values()):
@@ -236,6 +249,48 @@ def _row(claim: Claim, headline: dict[str, ServerHeadline]) -> Row:
             f"{order} Not decided: the {groups} and {others} ranges overlap.", False,
         )  # fmt: skip
     return Row(claim.claim, shown, f"{order} {verdict}", True)
+
+
+def _beside(claim: Claim, headline: dict[str, ServerHeadline]) -> str:
+    """The native archetypes' reading of a claim: how they rank between themselves, and how far
+    each Python server is from the archetype of its model (gevent from Go, asyncio and trio
+    from Rust on tokio), as a ratio of medians."""
+    measured = {
+        server: figure
+        for server, figures in headline.items()
+        if (figure := _figure(figures, claim.figure)) is not None
+    }
+    native = {server: figure for server, figure in measured.items() if _native(server)}
+    if not native:
+        return ""
+    ranked = sorted(native, key=lambda server: (native[server].median, server))
+    text = " Natively: " + ", ".join(f"{s} {_value(native[s], claim)}" for s in ranked)
+    higher = [s for s in native if claim.higher(s)]
+    lower = [s for s in native if not claim.higher(s)]
+    if higher and lower:
+        high, low = native[higher[0]], native[lower[0]]
+        if min(high.n, low.n) < 2 or high.driver_bound or low.driver_bound:
+            holds = "more" if high.median > low.median else "less"
+            text += (
+                f" (the {claim.higher_name} one measured {holds} at the medians; one repeat, "
+                "or a driver-bound figure, does not decide)"
+            )
+        elif high.min > low.max:
+            text += f" (holds between them: the {claim.higher_name} one measured more)"
+        elif high.max < low.min:
+            text += f" (does not hold between them: the {claim.higher_name} one measured less)"
+        else:
+            text += " (their ranges overlap)"
+    distances = []
+    for server in sorted(measured):
+        archetype = ARCHETYPES.get(RUNTIMES.get(server, ""))
+        for other in sorted(native):
+            if RUNTIMES[other] == archetype and native[other].median > 0:
+                ratio = measured[server].median / native[other].median
+                distances.append(f"{server} {number(ratio, significant=2)}x {other}")
+    if distances:
+        text += ". Beside its archetype: " + ", ".join(distances)
+    return text + "."
 
 
 def _c_boundary_row(headline: dict[str, ServerHeadline]) -> Row:
@@ -285,10 +340,29 @@ def _c_boundary_row(headline: dict[str, ServerHeadline]) -> Row:
     return Row(claim.claim, shown, f"{text} Not decided: {why}.", False)
 
 
+def _native_c_boundary(headline: dict[str, ServerHeadline]) -> str:
+    """The archetypes at the C boundary: each native server's /json p99 beside blocking calls
+    made through its FFI (Go's cgo, Rust's extern "C") against beside its own blocking calls."""
+    parts = []
+    for server, figures in sorted(headline.items()):
+        if not _native(server):
+            continue
+        own, c = _figure(figures, COLOURING.figure), _figure(figures, C_BOUNDARY.figure)
+        if own is None or c is None:
+            continue
+        ratio = f" ({number(c.median / own.median, significant=2)}x)" if own.median > 0 else ""
+        parts.append(
+            f"{server} {_value(c, C_BOUNDARY)} beside C calls against {_value(own, C_BOUNDARY)} "
+            f"beside its own language's blocking calls{ratio}"
+        )
+    return f" Natively, /json p99: {'; '.join(parts)}." if parts else ""
+
+
 def verdict(headline: dict[str, ServerHeadline]) -> list[Row]:
     """One row per claim, in the order of CLAIMS, then the C boundary's."""
     rows = [
-        replace(row, reading=row.reading + _also(claim, headline))
+        replace(row, reading=row.reading + _also(claim, headline) + _beside(claim, headline))
         for claim, row in zip(CLAIMS, (_row(claim, headline) for claim in CLAIMS), strict=True)
     ]
-    return [*rows, _c_boundary_row(headline)]
+    boundary = _c_boundary_row(headline)
+    return [*rows, replace(boundary, reading=boundary.reading + _native_c_boundary(headline))]

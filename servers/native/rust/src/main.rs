@@ -188,16 +188,24 @@ async fn serve(options: Options) -> i32 {
     let mut terminate = signal(SignalKind::terminate()).unwrap_or_else(|e| fail(&e.to_string()));
     let mut interrupt = signal(SignalKind::interrupt()).unwrap_or_else(|e| fail(&e.to_string()));
     if app.telemetry.enabled() {
+        // The lag monitor's first tick is in before the server says it is up: a scrape right
+        // after the announce line already has a lag sample.
+        let (first_tick, ticked) = tokio::sync::oneshot::channel::<()>();
         let app = app.clone();
         tokio::spawn(async move {
             let _task = TaskGuard::new(&app.live);
+            let mut first_tick = Some(first_tick);
             loop {
                 let armed = Instant::now();
                 tokio::time::sleep(Duration::from_secs_f64(LAG_INTERVAL_S)).await;
                 let lag = armed.elapsed().as_secs_f64() - LAG_INTERVAL_S;
                 app.telemetry.observe_lag(lag.max(0.0));
+                if let Some(first_tick) = first_tick.take() {
+                    let _ = first_tick.send(());
+                }
             }
         });
+        let _ = ticked.await;
     }
     let (drain_tx, drain_rx) = watch::channel(false);
     let local = listener.local_addr().unwrap_or(address);

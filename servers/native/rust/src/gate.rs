@@ -148,7 +148,9 @@ impl Gate {
                     Scan::Accept { len, head } => {
                         let out = &mut self.out;
                         out.extend_from_slice(head.method.as_bytes());
-                        out.extend_from_slice(b" / HTTP/1.1\r\n");
+                        // An HTTP/1.0 request stays one, so that hyper answers in HTTP/1.0
+                        // (a streamed body then ends with the connection, not in chunks).
+                        out.extend_from_slice(if head.http10 { b" / HTTP/1.0\r\n" } else { b" / HTTP/1.1\r\n" });
                         self.reading = match head.framing {
                             Framing::Length(0) => Reading::Head,
                             Framing::Length(n) => {

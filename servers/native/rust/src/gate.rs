@@ -38,7 +38,11 @@ use crate::policy::{self, ChunkStep, Chunked, Framing, Rejection, Scan};
 
 pub const LINGER: Duration = Duration::from_millis(500);
 const BODY_TIMEOUT_CAP: Duration = Duration::from_secs(60);
-const READ_CHUNK: usize = 16 * 1024;
+// What one read asks the socket for (hyper's own first read buffer is as large). A buffer
+// grown past MAX_KEPT_BUFFER (a large pipelined burst) is given back once it has been passed on:
+// an idle connection keeps no more than this.
+const READ_CHUNK: usize = 8 * 1024;
+const MAX_KEPT_BUFFER: usize = 64 * 1024;
 
 /// What the service needs to know of a request that hyper did not see.
 #[derive(Debug, Default)]
@@ -128,7 +132,14 @@ impl Gate {
     }
 
     fn consume(&mut self, n: usize) {
-        self.inbuf.drain(..n);
+        if n == self.inbuf.len() {
+            self.inbuf.clear();
+            if self.inbuf.capacity() > MAX_KEPT_BUFFER {
+                self.inbuf = Vec::new();
+            }
+        } else {
+            self.inbuf.drain(..n);
+        }
     }
 
     fn push_meta(&self, meta: Meta) {

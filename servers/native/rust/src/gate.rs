@@ -23,6 +23,7 @@
 //! instead of a reset.
 
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -38,11 +39,10 @@ use crate::policy::{self, ChunkStep, Chunked, Framing, Rejection, Scan};
 
 pub const LINGER: Duration = Duration::from_millis(500);
 const BODY_TIMEOUT_CAP: Duration = Duration::from_secs(60);
-// What one read asks the socket for (hyper's own first read buffer is as large). A buffer
-// grown past MAX_KEPT_BUFFER (a large pipelined burst) is given back once it has been passed on:
-// an idle connection keeps no more than this.
+// What one read asks the socket for (hyper's own first read buffer is as large). The buffer
+// is given back once everything in it has been passed on: a connection waiting on a request
+// (or idle) holds none, as a Python server holds no read buffer between reads.
 const READ_CHUNK: usize = 8 * 1024;
-const MAX_KEPT_BUFFER: usize = 64 * 1024;
 
 /// What the service needs to know of a request that hyper did not see.
 #[derive(Debug, Default)]
@@ -133,10 +133,7 @@ impl Gate {
 
     fn consume(&mut self, n: usize) {
         if n == self.inbuf.len() {
-            self.inbuf.clear();
-            if self.inbuf.capacity() > MAX_KEPT_BUFFER {
-                self.inbuf = Vec::new();
-            }
+            self.inbuf = Vec::new();
         } else {
             self.inbuf.drain(..n);
         }
@@ -288,18 +285,16 @@ impl Gate {
         Some(io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for the client"))
     }
 
-    /// Read what the socket has into `inbuf`: Ready(Ok(n)), 0 at end of file.
+    /// Read what the socket has into `inbuf`: Ready(Ok(n)), 0 at end of file. The read goes
+    /// through a buffer on the stack, so that a connection parked in a read (the usual state of
+    /// one whose request is being handled) holds no buffer of its own.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.inbuf.reserve(READ_CHUNK);
-        let len = self.inbuf.len();
-        let spare = self.inbuf.spare_capacity_mut();
-        let mut buf = ReadBuf::uninit(spare);
+        let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut scratch);
         match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
-                let n = buf.filled().len();
-                // SAFETY: poll_read initialised the first n bytes of the spare capacity.
-                unsafe { self.inbuf.set_len(len + n) };
-                Poll::Ready(Ok(n))
+                self.inbuf.extend_from_slice(buf.filled());
+                Poll::Ready(Ok(buf.filled().len()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,

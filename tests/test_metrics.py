@@ -8,7 +8,7 @@ import socket
 from httpclient import get, metrics, sample_value, wait_until
 
 from loadtest.orchestrator.serverproc import ServerProcess
-from servers.contract import IMPLS, OTHER_ROUTE, ROUTE_METHODS
+from servers.contract import IMPLS, NATIVE_TIER, OTHER_ROUTE, ROUTE_METHODS
 
 CONTRACT_FAMILIES = {
     "http_server_request_duration_seconds": "histogram",
@@ -20,20 +20,24 @@ CONTRACT_FAMILIES = {
     "process_resident_memory_bytes": "gauge",
     "process_cpu_seconds": "counter",
     "process_open_fds": "gauge",
-    "python_gc_objects_collected": "counter",
 }
+# The interpreter's own collectors: every Python server, no native one (which says
+# python_version="" in stackbench_server_info instead).
+PYTHON_FAMILIES = {"python_gc_objects_collected": "counter"}
 
 
 def test_every_contract_family_with_its_type(server: ServerProcess) -> None:
     get(server.port, "/json")
     families = metrics(server.port)
     types = {name: family.type for name, family in families.items()}
-    missing = {n: t for n, t in CONTRACT_FAMILIES.items() if types.get(n) != t}
+    expected = CONTRACT_FAMILIES | ({} if server.impl in NATIVE_TIER else PYTHON_FAMILIES)
+    missing = {n: t for n, t in expected.items() if types.get(n) != t}
     assert not missing, f"missing or mistyped: {missing}"
     info = families["stackbench_server_info"].samples[0]
     assert info.value == 1
     assert info.labels["impl"] == server.impl
     assert set(info.labels) >= {"runtime", "runtime_version", "http_stack", "python_version"}
+    assert (info.labels["python_version"] == "") == (server.impl in NATIVE_TIER)
     assert sample_value(families, "process_resident_memory_bytes") > 1_000_000
     assert sample_value(families, "stackbench_tasks") >= 1
     assert sample_value(families, "stackbench_scheduler_lag_seconds_count") > 0

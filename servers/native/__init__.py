@@ -40,7 +40,7 @@ class NativeServer:
     packages: str  # the Debian packages that provide the toolchain and libraries
 
     def sources(self) -> list[Path]:
-        skip = {"target", ".git"}
+        skip = {"target", ".git", "Cargo.lock"}  # Cargo.lock: written by the build
         return sorted(
             p for p in self.source.rglob("*")
             if p.is_file() and not skip.intersection(p.relative_to(self.source).parts)

@@ -1,0 +1,439 @@
+//! Serving: one tokio task per connection, hyper's HTTP/1.1 server behind the head gate, and
+//! each plan carried out the tokio way (timers, a JoinSet, spawn_blocking).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::body::{Bytes, HttpBody};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SERVER};
+use hyper::service::service_fn;
+use hyper::{Body, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Sleep;
+
+use crate::contract::{self, Kind, Plan, Response};
+use crate::gate::{ConnShared, Gate, Meta, Timeouts, LINGER};
+use crate::metrics::{Live, Telemetry, CLIENT_CLOSED_STATUS};
+use crate::upstream::Upstream;
+
+pub struct App {
+    pub impl_name: String,
+    pub telemetry: Telemetry,
+    pub live: Arc<Live>,
+    pub upstream: Option<Upstream>,
+    pub timeouts: Timeouts,
+    pub max_connections: i64,
+}
+
+/// Counts a task the server spawned (stackbench_tasks) for as long as it lives: tokio 1.24 has
+/// no stable count of live tasks, so the server counts its own (as the gevent server does).
+pub struct TaskGuard(Arc<Live>);
+
+impl TaskGuard {
+    pub fn new(live: &Arc<Live>) -> TaskGuard {
+        live.tasks.fetch_add(1, Ordering::Relaxed);
+        TaskGuard(live.clone())
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.tasks.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct ConnectionGuard(Arc<Live>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One request from start to its response's last byte: records it when dropped, as a 499
+/// (client closed) unless a status was set. hyper drops the service future, or the response
+/// body, when the client goes away; this is how that is recorded.
+pub struct RequestGuard {
+    app: Arc<App>,
+    shared: Arc<ConnShared>,
+    route: &'static str,
+    method: String,
+    started: Instant,
+    status: u16,
+}
+
+impl RequestGuard {
+    fn new(app: &Arc<App>, shared: &Arc<ConnShared>, route: &'static str, method: &str) -> RequestGuard {
+        RequestGuard {
+            app: app.clone(),
+            shared: shared.clone(),
+            route,
+            method: method.to_string(),
+            started: app.telemetry.request_started(),
+            status: CLIENT_CLOSED_STATUS,
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.app.telemetry.request_finished(self.route, &self.method, self.status, self.started);
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body: the whole of it, or /stream's chunks `ms` apart. It owns the request's
+/// guard, so that the request is recorded once its last byte is handed to hyper (or as 499
+/// when hyper drops it unfinished).
+pub struct RespBody {
+    inner: Inner,
+    guard: Option<RequestGuard>,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Stream { next: u64, chunks: u64, ms: u64, pause: Option<Pin<Box<Sleep>>> },
+}
+
+impl RespBody {
+    fn full(body: Vec<u8>, guard: Option<RequestGuard>) -> RespBody {
+        let bytes = if body.is_empty() { None } else { Some(Bytes::from(body)) };
+        RespBody { inner: Inner::Full(bytes), guard }
+    }
+}
+
+impl HttpBody for RespBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_data(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Infallible>>> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            Inner::Full(bytes) => {
+                let data = bytes.take();
+                if data.is_none() {
+                    this.guard = None;
+                }
+                Poll::Ready(data.map(Ok))
+            }
+            Inner::Stream { next, chunks, ms, pause } => {
+                if *next == *chunks {
+                    if let Some(guard) = this.guard.as_mut() {
+                        guard.status = 200;
+                    }
+                    this.guard = None;
+                    return Poll::Ready(None);
+                }
+                if *next > 0 {
+                    let sleep = pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(*ms))));
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    *pause = None;
+                }
+                let chunk = contract::stream_chunk(*next);
+                *next += 1;
+                Poll::Ready(Some(Ok(Bytes::from(chunk))))
+            }
+        }
+    }
+
+    fn poll_trailers(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<hyper::HeaderMap>, Infallible>> {
+        Poll::Ready(Ok(None))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.inner, Inner::Full(None))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match &self.inner {
+            Inner::Full(Some(bytes)) => hyper::body::SizeHint::with_exact(bytes.len() as u64),
+            Inner::Full(None) => hyper::body::SizeHint::with_exact(0),
+            Inner::Stream { .. } => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+use std::future::Future;
+
+type HttpResponse = hyper::Response<RespBody>;
+
+fn head_of(app: &App, status: u16, content_type: &str, close: bool) -> hyper::http::response::Builder {
+    let mut builder = hyper::Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    builder = builder.header(SERVER, "stackbench").header("x-stackbench-impl", app.impl_name.as_str());
+    if close {
+        builder = builder.header(CONNECTION, "close");
+    }
+    builder
+}
+
+/// A complete response, as lifecycle.response_headers builds its head.
+fn complete(app: &App, response: Response, head: bool, close: bool, guard: Option<RequestGuard>) -> HttpResponse {
+    let mut guard = guard;
+    if let Some(guard) = guard.as_mut() {
+        guard.status = response.status;
+    }
+    let mut builder = head_of(app, response.status, &response.content_type, close || response.close_connection)
+        .header(CONTENT_LENGTH, response.body.len());
+    if let Some(allow) = response.allow {
+        builder = builder.header(ALLOW, allow);
+    }
+    let body = if head { Vec::new() } else { response.body };
+    builder.body(RespBody::full(body, guard)).unwrap()
+}
+
+/// The echo's content type, as received (obs-text included).
+fn echo_response(body: Vec<u8>, content_type: &Option<Vec<u8>>) -> Response {
+    let mut response = Response::new(200, body, "application/octet-stream");
+    if let Some(value) = content_type {
+        response.content_type = value.iter().map(|&b| b as char).collect();
+    }
+    response
+}
+
+enum BodyEnd {
+    Done(Vec<u8>),
+    TooLarge,
+    Failed,
+}
+
+async fn read_body(body: &mut Body, keep: bool) -> BodyEnd {
+    let mut data = Vec::new();
+    let mut size = 0usize;
+    while let Some(chunk) = body.data().await {
+        match chunk {
+            Ok(chunk) => {
+                size += chunk.len();
+                if size > contract::MAX_BODY_BYTES {
+                    return BodyEnd::TooLarge;
+                }
+                if keep {
+                    data.extend_from_slice(&chunk);
+                }
+            }
+            Err(_) => return BodyEnd::Failed,
+        }
+    }
+    BodyEnd::Done(data)
+}
+
+/// Serve one request hyper parsed from the gate's canonical head, with its Meta.
+async fn respond(app: Arc<App>, shared: Arc<ConnShared>, meta: Option<Meta>, request: Request<Body>) -> HttpResponse {
+    let meta = match meta {
+        Some(meta) => meta,
+        None => {
+            // The gate hands hyper nothing without its Meta: a bug, answered, not a panic.
+            shared.in_flight.fetch_add(1, Ordering::AcqRel);
+            let guard = RequestGuard::new(&app, &shared, contract::OTHER_ROUTE, "other");
+            return complete(&app, contract::error(500, "internal error"), false, true, Some(guard));
+        }
+    };
+    if let Some(rejection) = &meta.refusal {
+        eprintln!("stackbench {}: refused {}: {}", app.impl_name, rejection.status, rejection.message);
+        let guard = RequestGuard::new(&app, &shared, contract::OTHER_ROUTE, "other");
+        let response = contract::error(rejection.status, &rejection.message).closing();
+        return complete(&app, response, meta.head_method, true, Some(guard));
+    }
+    let (route, plan) = contract::plan(&meta.method, &meta.target);
+    let mut guard = RequestGuard::new(&app, &shared, route, &meta.method);
+    let head = meta.head_method;
+    let close = meta.close;
+    let mut body = request.into_body();
+    let client_gone = |guard: RequestGuard| {
+        drop(guard); // recorded as 499
+        complete(&app, contract::error(499, "client closed request"), false, true, None)
+    };
+    let broken = |shared: &ConnShared| {
+        if shared.peer_eof.load(Ordering::Acquire) {
+            None
+        } else if shared.body_timed_out.load(Ordering::Acquire) {
+            Some(contract::timed_out())
+        } else {
+            Some(contract::incomplete())
+        }
+    };
+    if let Plan::Echo = plan {
+        let response = match read_body(&mut body, true).await {
+            BodyEnd::Done(data) => echo_response(data, &meta.content_type),
+            BodyEnd::TooLarge => contract::too_large(),
+            BodyEnd::Failed => match broken(&shared) {
+                Some(response) => response,
+                None => return client_gone(guard),
+            },
+        };
+        return complete(&app, response, head, close, Some(guard));
+    }
+    // A body nobody asked for is read and dropped, unless the client waits for a 100
+    // Continue nothing will send (then the connection closes after the response).
+    if !body.is_end_stream() && !meta.expect_continue {
+        match read_body(&mut body, false).await {
+            BodyEnd::Done(_) => (),
+            BodyEnd::TooLarge => return complete(&app, contract::too_large(), head, close, Some(guard)),
+            BodyEnd::Failed => match broken(&shared) {
+                Some(response) => return complete(&app, response, head, close, Some(guard)),
+                None => return client_gone(guard),
+            },
+        }
+    }
+    let response = match plan {
+        Plan::Reply(response) => response,
+        Plan::Metrics => app.telemetry.exposition(),
+        Plan::Sleep { ms } => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            contract::sleep_response(ms)
+        }
+        Plan::Fanout { children, ms } => {
+            fanout(&app.live, children, ms).await;
+            contract::fanout_response(children, ms)
+        }
+        Plan::Blocking { ms, offload, kind } => {
+            if offload {
+                // tokio's blocking pool (max_blocking_threads = OFFLOAD_THREADS)
+                let _ = tokio::task::spawn_blocking(move || legacy_blocking_call(ms, kind)).await;
+            } else {
+                // Inline, on the runtime's thread: every task of this runtime waits with it.
+                legacy_blocking_call(ms, kind);
+            }
+            contract::blocking_response(ms, offload, kind)
+        }
+        Plan::Upstream { calls, ms } => match &app.upstream {
+            Some(upstream) => upstream.call_all(calls, ms, &app.live).await,
+            None => contract::error(503, "no upstream configured: start the server with --upstream URL"),
+        },
+        Plan::Stream { chunks, ms } => {
+            let builder = head_of(&app, 200, contract::TEXT, close);
+            if head {
+                guard.status = 200;
+                return builder.body(RespBody::full(Vec::new(), Some(guard))).unwrap();
+            }
+            let inner = Inner::Stream { next: 0, chunks, ms, pause: None };
+            return builder.body(RespBody { inner, guard: Some(guard) }).unwrap();
+        }
+        Plan::Echo => unreachable!(),
+    };
+    complete(&app, response, head, close, Some(guard))
+}
+
+/// K children that each wait `ms`, in a JoinSet: dropping it (the client left, so hyper
+/// dropped this request's future) aborts every child still running.
+async fn fanout(live: &Arc<Live>, children: u64, ms: u64) {
+    let mut set = JoinSet::new();
+    for _ in 0..children {
+        let guard = TaskGuard::new(live);
+        set.spawn(async move {
+            let _guard = guard;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        if joined.is_err() {
+            set.abort_all(); // a child failed: the others are cancelled
+            break;
+        }
+    }
+}
+
+const C_SLICE_US: u64 = 100_000; // usleep may refuse a second or more: C waits in slices
+
+/// contract.legacy_blocking_call: kind python is Rust's own blocking sleep, kind c libc's
+/// usleep through the FFI. Either blocks the calling OS thread.
+pub fn legacy_blocking_call(ms: u64, kind: Kind) {
+    match kind {
+        Kind::Python => std::thread::sleep(Duration::from_millis(ms)),
+        Kind::C => {
+            let mut left = ms * 1000;
+            while left > 0 {
+                let slice = left.min(C_SLICE_US);
+                // SAFETY: usleep has no preconditions.
+                unsafe { libc::usleep(slice as libc::c_uint) };
+                left -= slice;
+            }
+        }
+    }
+}
+
+/// Serve one accepted connection until it closes (or the drain closes it).
+pub async fn connection(app: Arc<App>, stream: TcpStream, mut draining: watch::Receiver<bool>) {
+    let _task = TaskGuard::new(&app.live);
+    let _open = ConnectionGuard(app.live.clone());
+    let shared = Arc::new(ConnShared::default());
+    let gate = Gate::new(stream, shared.clone(), app.timeouts);
+    let service = {
+        let app = app.clone();
+        let shared = shared.clone();
+        service_fn(move |request: Request<Body>| {
+            // Called for one request at a time, in order: its Meta is the first one queued.
+            let meta = shared.metas.lock().unwrap().pop_front();
+            if meta.is_some() {
+                shared.in_flight.fetch_add(1, Ordering::AcqRel);
+            }
+            let app = app.clone();
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(respond(app, shared, meta, request).await) }
+        })
+    };
+    let conn = hyper::server::conn::Http::new()
+        .http1_only(true)
+        .http1_keep_alive(true)
+        .http1_title_case_headers(true)
+        .serve_connection(gate, service);
+    tokio::pin!(conn);
+    let drain = async {
+        while !*draining.borrow() {
+            if draining.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain => (),
+    }
+    // Draining: hyper closes the connection if idle, else after the response in hand.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// A connection past the cap: the canned 503, a half-close, then what the client still sends
+/// is read and dropped for at most LINGER (a close with unread input would be a reset).
+pub async fn shed(app: Arc<App>, mut stream: TcpStream) {
+    let _task = TaskGuard::new(&app.live);
+    app.telemetry.connection_rejected();
+    let _ = stream.write_all(&overloaded_response(&app.impl_name)).await;
+    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+pub fn overloaded_response(impl_name: &str) -> Vec<u8> {
+    let body = contract::error(503, "too many connections; try again later").body;
+    let mut wire = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Stackbench-Impl: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n",
+        contract::JSON,
+        body.len(),
+        impl_name
+    )
+    .into_bytes();
+    wire.extend_from_slice(&body);
+    wire
+}

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 import servers.native as native
 from servers.native import NATIVE_SERVERS, PREBUILT_ENV, NativeBuildError, binary, install
 
+ROOT = Path(__file__).resolve().parent.parent
 # Prints the argv it was started with, one argument a line, as the real server would receive it.
 FAKE_SERVER = '#!/bin/sh\nprintf "%s\\n" "$0" "$@"\n'
 
@@ -118,3 +120,16 @@ def test_serve_execs_the_prebuilt_binary_with_the_servers_options(tmp_path: Path
     assert options["--cores"] == "1"
     assert {"--drain-timeout", "--max-connections", "--upstream-pool"} <= set(options)
     assert not (tmp_path / "empty-cache").exists()  # nothing was built or cached
+
+
+def test_the_wheel_carries_every_source_a_build_reads() -> None:
+    """A non-editable install (the image's wheel) must hold what `binary()` hashes and builds
+    from: every source file matches one of pyproject's package-data patterns."""
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["servers.native"]
+    here = native.HERE
+    shipped = {p for pattern in package_data for p in here.glob(pattern) if p.is_file()}
+    sources = {p for server in NATIVE_SERVERS.values() for p in server.sources()}
+    assert here / "rust" / ".cargo" / "config.toml" in sources
+    assert sources <= shipped, sorted(str(p.relative_to(here)) for p in sources - shipped)

@@ -53,8 +53,11 @@ def test_a_prebuilt_directory_without_the_server_falls_back_to_building(
 ) -> None:
     (tmp_path / "go-nethttp").write_text(FAKE_SERVER)  # not executable: not a binary
     monkeypatch.setenv(PREBUILT_ENV, str(tmp_path))
+    (tmp_path / "go").mkdir()
     missing = dataclasses.replace(
-        NATIVE_SERVERS["go-nethttp"], toolchain=(str(tmp_path / "no-go"), "version")
+        NATIVE_SERVERS["go-nethttp"],
+        source=tmp_path / "go",
+        toolchain=(str(tmp_path / "no-go"), "version"),
     )
     monkeypatch.setitem(NATIVE_SERVERS, "go-nethttp", missing)
     with pytest.raises(NativeBuildError) as error:
@@ -63,6 +66,17 @@ def test_a_prebuilt_directory_without_the_server_falls_back_to_building(
     assert "\n" not in message
     assert f"{PREBUILT_ENV}={tmp_path} has no executable go-nethttp" in message
     assert "make system-deps" in message
+
+
+def test_missing_sources_are_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PREBUILT_ENV, raising=False)
+    monkeypatch.setenv("STACKBENCH_NATIVE_CACHE", str(tmp_path / "cache"))
+    gone = dataclasses.replace(NATIVE_SERVERS["rust-hyper"], source=tmp_path / "rust")
+    monkeypatch.setitem(NATIVE_SERVERS, "rust-hyper", gone)
+    with pytest.raises(NativeBuildError, match=r"^rust-hyper has no sources: .*/rust is missing$"):
+        binary("rust-hyper")
 
 
 def test_install_copies_each_built_binary_to_the_prebuilt_layout(

@@ -104,6 +104,8 @@ def _prebuilt(impl: str) -> Path | None:
 
 
 def _key(server: NativeServer) -> str:
+    if not server.source.is_dir():
+        raise NativeBuildError(f"{server.impl} has no sources: {server.source} is missing")
     if not Path(server.toolchain[0]).exists():
         prebuilt = os.environ.get(PREBUILT_ENV)
         where = f" ({PREBUILT_ENV}={prebuilt} has no executable {server.impl})" if prebuilt else ""

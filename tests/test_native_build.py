@@ -38,6 +38,11 @@ def no_build(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native, "_key", refuse)
 
 
+def test_the_prebuilt_variable_keeps_its_documented_name() -> None:
+    # The Dockerfile's ENV and the README's table of variables name it literally.
+    assert PREBUILT_ENV == "STACKBENCH_NATIVE_PREBUILT"
+
+
 @pytest.mark.parametrize("impl", sorted(NATIVE_SERVERS))
 def test_a_prebuilt_binary_is_used_as_it_is(
     impl: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_build: None

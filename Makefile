@@ -7,11 +7,13 @@ BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks run for real (installed if missing, as root).
 SYSTEM_PACKAGES := wrk prometheus docker-compose chromium valgrind wget
 # The native tier's toolchains and libraries, built offline from Debian's packages (servers/native/).
-SYSTEM_PACKAGES += golang-go golang-github-prometheus-client-golang-dev \
+# The Dockerfile's build stage installs the same list (`make -s native-packages`).
+NATIVE_PACKAGES := golang-go golang-github-prometheus-client-golang-dev \
   rustc cargo librust-tokio-dev librust-hyper-dev librust-prometheus-dev \
   librust-prometheus+process-dev librust-sha2-dev librust-serde-json-dev librust-form-urlencoded-dev
+SYSTEM_PACKAGES += $(NATIVE_PACKAGES)
 
-.PHONY: demo serve live test lint bench system-deps venv clean
+.PHONY: demo serve live test lint bench system-deps native-packages venv clean
 
 venv: $(BIN)/.installed
 
@@ -30,6 +32,9 @@ system-deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+native-packages:
+	@echo $(NATIVE_PACKAGES)
 
 demo: venv
 	$(BIN)/stackbench run --profile quick

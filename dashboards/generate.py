@@ -104,8 +104,10 @@ def _server_comparison() -> Dashboard:
         title="stackbench: server comparison",
         description="gevent (stackful) against trio and aiohttp (stackless), side by side. The "
         "stack tier (gevent, trio, aiohttp) is what people deploy; the runtime tier "
-        "(gevent-h11, asyncio-h11, trio, threads-h11) is one h11 core on each runtime. Under "
-        "compose the servers share one host: for the isolated comparison, run stackbench run.",
+        "(gevent-h11, asyncio-h11, trio, threads-h11) is one h11 core on each runtime; the "
+        "native tier (go-nethttp, rust-hyper) is Go's goroutines and Rust's tokio tasks serving "
+        "the same contract. Under compose the servers share one host: for the isolated "
+        "comparison, run stackbench run.",
         filename="server-comparison.json",
         variables=(
             _tier_variable(),

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servers.contract import IMPLS, RUNTIME_TIER, STACK_TIER
+from servers.contract import IMPLS, NATIVE_TIER, RUNTIME_TIER, STACK_TIER
+from servers.native import PREBUILT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = STACK_TIER
@@ -50,15 +51,43 @@ def _default_profile(compose: dict) -> set[str]:
     return {name for name, service in compose["services"].items() if not service.get("profiles")}
 
 
+def _profile(compose: dict, profile: str) -> set[str]:
+    return {n for n, s in compose["services"].items() if profile in s.get("profiles", [])}
+
+
+@pytest.fixture(scope="module")
+def every_profile() -> dict:
+    """The file with every profile on: every service it can run at once."""
+    return _config("--profile", "runtime", "--profile", "native", "--profile", "cadvisor")
+
+
 def test_compose_has_the_stack(compose: dict) -> None:
     assert _default_profile(compose) == {
         *SERVERS, "upstream", "locust-master", "locust-worker", "prometheus", "grafana",
     }  # fmt: skip
     runtime = {n for n, s in compose["services"].items() if "runtime" in s.get("profiles", [])}
     assert runtime == set(RUNTIME_TIER) - set(SERVERS)
+    assert _profile(compose, "native") == set(NATIVE_TIER)
+    assert set(IMPLS) <= set(compose["services"])  # every server, in some profile
 
 
-@pytest.mark.parametrize("profile", [(), ("--profile", "runtime"), ("--profile", "cadvisor")])
+def test_every_profile_publishes_distinct_host_ports(every_profile: dict) -> None:
+    """All profiles up at once: no two services publish the same host port."""
+    published: dict[str, str] = {}
+    for name, service in every_profile["services"].items():
+        for port in service.get("ports", []):
+            host = port.rsplit(":", 1)[0] if isinstance(port, str) else port
+            assert host not in published, f"{name} and {published.get(host)} publish {host}"
+            published[host] = name
+    for name in IMPLS:
+        assert every_profile["services"][name]["ports"], f"{name} publishes no port"
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [(), ("--profile", "runtime"), ("--profile", "native"), ("--profile", "cadvisor"),
+     ("--profile", "runtime", "--profile", "native", "--profile", "cadvisor")],
+)  # fmt: skip
 def test_every_compose_command_works_with_an_empty_environment(profile: tuple[str, ...]) -> None:
     for command in (("config",), ("config", "--services"), ("config", "--volumes")):
         done = _compose(*profile, *command)
@@ -74,6 +103,11 @@ def test_env_example_lists_the_defaults(compose: dict) -> None:
     assert changed["services"]["gevent"]["cpuset"] == "1"
     assert changed["services"]["threads-h11"]["cpuset"] == "1"
     assert changed["services"]["trio"]["cpuset"] == compose["services"]["trio"]["cpuset"]
+    native = ("--profile", "native")
+    assert _config(*native, "--env-file", str(ROOT / ".env.example")) == _config(*native)
+    changed = _config(*native, env={"CPUSET_RUST_HYPER": "1"})
+    assert changed["services"]["rust-hyper"]["cpuset"] == "1"
+    assert changed["services"]["go-nethttp"]["cpuset"] == compose["services"]["gevent"]["cpuset"]
 
 
 CREDENTIAL = re.compile(r"PASSWORD|SECRET|TOKEN|API_?KEY|CREDENTIAL", re.I)
@@ -129,7 +163,7 @@ def test_grafana_is_anonymous_read_only(compose: dict) -> None:
 
 def test_health_checks_gate_what_depends_on_them(compose: dict) -> None:
     services = compose["services"]
-    for name in (*SERVERS, *RUNTIME_TIER, "prometheus", "grafana", "locust-master"):
+    for name in (*IMPLS, "prometheus", "grafana", "locust-master"):
         assert services[name]["healthcheck"]["test"][0] == "CMD", name
     for name, service in services.items():
         for dependency, condition in (service.get("depends_on") or {}).items():
@@ -156,7 +190,7 @@ def test_images_are_pinned_by_tag(compose: dict) -> None:
 
 
 def test_servers_are_pinned_to_cpus(compose: dict) -> None:
-    for name in (*SERVERS, *RUNTIME_TIER):
+    for name in IMPLS:
         assert re.fullmatch(r"[0-9,-]+", compose["services"][name]["cpuset"]), name
 
 
@@ -173,10 +207,36 @@ def test_every_service_has_a_memory_limit(compose: dict) -> None:
 
 
 def test_servers_have_cpu_limits_and_health_checks(compose: dict) -> None:
-    for name in SERVERS:
+    for name in IMPLS:
         service = compose["services"][name]
         assert float(service["cpus"]) > 0
         assert "/healthz" in " ".join(service["healthcheck"]["test"])
+        assert service["image"] == compose["services"]["gevent"]["image"], name  # one image
+        command = service["command"]
+        assert command[:3] == ["stackbench", "serve", name], name
+        assert command[command.index("--upstream") + 1] == "http://upstream:8080", name
+        assert command[command.index("--host") + 1] == "0.0.0.0", name
+
+
+def test_the_image_compiles_the_native_tier_and_ships_only_its_binaries() -> None:
+    """The `native` stage builds both servers from the Makefile's Debian packages; the final
+    stage, on the same Debian, gets the two binaries and serves them with no toolchain."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    _, *stages, final_stage = dockerfile.split("\nFROM ")
+    (native,) = (stage for stage in stages if stage.startswith("python:3.11-slim AS native\n"))
+    assert final_stage.startswith("python:3.11-slim\n")  # the same Debian, the same libc
+    assert "apt-get install -y --no-install-recommends $(make -s native-packages)" in native
+    assert "COPY servers/native ./servers/native" in native
+    assert "RUN python -m servers.native --install-to /native" in native
+    assert "COPY --from=native /native /opt/stackbench/native" in final_stage
+    assert re.search(rf"^ENV {PREBUILT_ENV}=/opt/stackbench/native$", final_stage, re.M)
+    packages = subprocess.run(
+        ["make", "-s", "native-packages"], capture_output=True, text=True, timeout=30, cwd=ROOT,
+        check=True,
+    ).stdout.split()  # fmt: skip
+    assert {"golang-go", "rustc", "cargo"} <= set(packages)
+    for package in (*packages, "build-essential", "apt-get"):
+        assert package not in final_stage, f"the final stage installs {package}"
 
 
 def test_containers_run_as_non_root(compose: dict) -> None:
@@ -253,7 +313,8 @@ def test_prometheus_config_passes_promtool() -> None:
 
 def test_prometheus_scrapes_only_services_that_exist(compose: dict) -> None:
     """Every target is found by DNS among compose's services, so a profile that is off (the
-    runtime tier, cAdvisor) leaves nothing down; the servers' `impl` is their service name."""
+    runtime and native tiers, cAdvisor) leaves nothing down; the servers' `impl` is their
+    service name."""
     config = yaml.safe_load((ROOT / "dashboards/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     for name, job in jobs.items():
@@ -261,7 +322,8 @@ def test_prometheus_scrapes_only_services_that_exist(compose: dict) -> None:
         assert all(t.startswith("localhost:") for t in statics), f"{name}: {statics}"
         for sd in job.get("dns_sd_configs", []):
             assert set(sd["names"]) <= set(compose["services"]), name
-    assert set(jobs["servers"]["dns_sd_configs"][0]["names"]) == set(IMPLS)
+    names = jobs["servers"]["dns_sd_configs"][0]["names"]
+    assert set(names) == set(IMPLS) and len(names) == len(IMPLS)
     assert jobs["servers"]["relabel_configs"] == [
         {"source_labels": ["__meta_dns_name"], "target_label": "impl"}
     ]

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from servers.contract import IMPLS
+from servers.contract import IMPLS, NATIVE_TIER, TIERS
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "kubernetes"
@@ -77,6 +77,20 @@ def test_every_server_has_a_deployment_and_service_with_whole_guaranteed_cpus() 
         # /upstream calls the upstream Service, which exists.
         upstream = container["command"][container["command"].index("--upstream") + 1]
         assert upstream == "http://upstream:8080" and "upstream" in services
+
+
+def test_every_server_is_labelled_with_its_tier() -> None:
+    deployments = _named("Deployment")
+    for impl in IMPLS:
+        tier = deployments[impl]["spec"]["template"]["metadata"]["labels"]["stackbench/tier"]
+        assert impl in TIERS[tier], f"{impl} is labelled {tier}"
+        assert deployments[impl]["metadata"]["labels"]["stackbench/tier"] == tier
+    native = {
+        n
+        for n, d in deployments.items()
+        if d["metadata"]["labels"].get("stackbench/tier") == "native"
+    }
+    assert native == set(NATIVE_TIER)
 
 
 def test_locust_master_and_scalable_workers_read_scenarios_from_the_image() -> None:

@@ -9,10 +9,16 @@ native server itself.
 The builds are offline by design: Go in GOPATH mode against /usr/share/gocode, Rust with cargo's
 source replacement pointing at /usr/share/cargo/registry (rust/.cargo/config.toml, which cargo
 reads from the directory it builds in).
+
+An image without the toolchains serves prebuilt binaries instead: `python -m servers.native
+--install-to DIR` builds both and copies them to DIR/<impl>, and with STACKBENCH_NATIVE_PREBUILT=DIR
+set, `binary()` returns DIR/<impl> as it is, with no source hashed and no toolchain asked (the
+Dockerfile does both: it builds in one stage and runs the binaries in a stage without compilers).
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import os
@@ -22,10 +28,21 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NATIVE_SERVERS", "NativeBuildError", "binary", "build_all", "exec_argv"]
+__all__ = [
+    "NATIVE_SERVERS",
+    "PREBUILT_ENV",
+    "NativeBuildError",
+    "binary",
+    "build_all",
+    "exec_argv",
+    "install",
+]
 
 HERE = Path(__file__).resolve().parent
 CACHE_ENV = "STACKBENCH_NATIVE_CACHE"
+# A directory of ready binaries, one per server named after it (the Docker image's): used as
+# they are, never rebuilt, so they are only as current as whatever installed them there.
+PREBUILT_ENV = "STACKBENCH_NATIVE_PREBUILT"
 
 
 class NativeBuildError(RuntimeError):
@@ -77,11 +94,24 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def _prebuilt(impl: str) -> Path | None:
+    """$STACKBENCH_NATIVE_PREBUILT/<impl>, if that is an executable file."""
+    root = os.environ.get(PREBUILT_ENV)
+    if not root:
+        return None
+    path = Path(root) / impl
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
 def _key(server: NativeServer) -> str:
+    if not server.source.is_dir():
+        raise NativeBuildError(f"{server.impl} has no sources: {server.source} is missing")
     if not Path(server.toolchain[0]).exists():
+        prebuilt = os.environ.get(PREBUILT_ENV)
+        where = f" ({PREBUILT_ENV}={prebuilt} has no executable {server.impl})" if prebuilt else ""
         raise NativeBuildError(
-            f"{server.impl} needs {server.toolchain[0]}: `make system-deps` installs the Debian "
-            f"packages {server.packages}"
+            f"{server.impl} needs {server.toolchain[0]}{where}: `make system-deps` installs the "
+            f"Debian packages {server.packages}"
         )
     digest = hashlib.sha256()
     version = subprocess.run(server.toolchain, capture_output=True, text=True, check=False)
@@ -92,8 +122,17 @@ def _key(server: NativeServer) -> str:
     return digest.hexdigest()[:16]
 
 
-def binary(impl: str, progress=lambda line: print(line, file=sys.stderr)) -> Path:
-    """The built server, building it first if its sources or toolchain changed."""
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def binary(impl: str, progress=_progress) -> Path:
+    """The server's binary: the prebuilt one if $STACKBENCH_NATIVE_PREBUILT holds it, else the
+    built one, building it first if its sources or toolchain changed."""
+    return _prebuilt(impl) or _built(impl, progress)
+
+
+def _built(impl: str, progress=_progress) -> Path:
     server = NATIVE_SERVERS[impl]
     out_dir = _cache_dir() / impl
     out = out_dir / f"{impl}-{_key(server)}"
@@ -123,13 +162,43 @@ def build_all() -> dict[str, Path]:
     return {impl: binary(impl) for impl in NATIVE_SERVERS}
 
 
+def install(into: Path, progress=_progress) -> dict[str, Path]:
+    """Build every server from its sources (never a prebuilt binary) and copy each binary to
+    `into`/<impl>, the layout $STACKBENCH_NATIVE_PREBUILT reads."""
+    built = {impl: _built(impl, progress) for impl in NATIVE_SERVERS}
+    into.mkdir(parents=True, exist_ok=True)
+    installed = {}
+    for impl, path in built.items():
+        target = into / impl
+        partial = into / f".{impl}.partial"
+        shutil.copy2(path, partial)
+        partial.chmod(0o755)
+        partial.replace(target)  # a reader sees the old binary or the new one, never half
+        installed[impl] = target
+    return installed
+
+
 def exec_argv(impl: str, options: list[str]) -> list[str]:
     return [str(binary(impl)), "--impl", impl, *options]
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m servers.native",
+        description="Build the native servers (or find them built) and print where they are.",
+    )
+    parser.add_argument(
+        "--install-to", type=Path, metavar="DIR",
+        help=f"build both from source and copy them to DIR/<impl> (for {PREBUILT_ENV}=DIR)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
     try:
-        for impl, path in build_all().items():
-            print(f"{impl}: {path}")
-    except NativeBuildError as exc:
+        paths = install(args.install_to) if args.install_to else build_all()
+    except (NativeBuildError, OSError) as exc:
         sys.exit(f"stackbench: {exc}")
+    for impl, path in paths.items():
+        print(f"{impl}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -262,9 +262,16 @@ def _server_comparison() -> Dashboard:
             Panel(
                 "GC collections",
                 "ops",
-                (Query(_rate_sum("python_gc_collections_total", SERVER, "impl"), "{{impl}}"),),
+                (
+                    Query(
+                        f"{_rate_sum('python_gc_collections_total', SERVER, 'impl')} or "
+                        f"{_rate_sum('go_gc_duration_seconds_count', SERVER, 'impl')}",
+                        "{{impl}}",
+                    ),
+                ),
                 "impl",
-                "Python garbage collections per second, all generations.",
+                "Garbage collections per second: Python's, all generations, and Go's cycles. "
+                "rust-hyper has no collector, so no line.",
             ),
         ),
     )

@@ -29,7 +29,9 @@ from loadtest.records import SCHEMA_PATH
 from loadtest.reporting.verdict import C_BOUNDARY, CLAIMS
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = {"gevent", "trio", "aiohttp"}
+# One server of each model: the pipeline is the same for every server (trio and the other tiers
+# run in test_tier_run_shows_the_c_boundary_in_every_model below).
+SERVERS = {"gevent", "aiohttp"}
 SCENARIOS = "plaintext,io_hold,starvation,coloring,offload"
 ARTIFACTS = Path(os.environ.get("STACKBENCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
@@ -44,7 +46,10 @@ def _stackbench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("run") / "out"
-    done = _stackbench("run", "--profile", "smoke", "--scenarios", SCENARIOS, "--out", str(out))
+    done = _stackbench(
+        "run", "--profile", "smoke", "--servers", ",".join(sorted(SERVERS)),
+        "--scenarios", SCENARIOS, "--out", str(out),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done
 
@@ -427,27 +432,36 @@ def test_locust_refuses_a_target_that_is_not_loopback(tmp_path: Path) -> None:
     assert "not a loopback address" in done.stderr and "STACKBENCH_ALLOW_REMOTE" in done.stderr
 
 
-def test_runtime_tier_run_shows_the_c_boundary(tmp_path: Path) -> None:
-    """The runtime tier (one h11 core on each runtime): an inline C call stalls gevent as it
-    stalls the explicit-await loops, and stalls nothing on threads."""
+def test_tier_run_shows_the_c_boundary_in_every_model(tmp_path: Path) -> None:
+    """The runtime tier (one h11 core on each runtime) and the native archetypes: an inline C
+    call stalls gevent as it stalls the explicit-await loops and tokio, and stalls nothing on
+    threads, nor on Go, whose runtime hands a goroutine blocked in cgo's thread's P to another
+    thread."""
     out = tmp_path / "out"
     done = _stackbench(
-        "run", "--profile", "smoke", "--tier", "runtime", "--scenarios", "c_boundary",
-        "--out", str(out), timeout=600,
+        "run", "--profile", "smoke", "--servers",
+        "gevent-h11,asyncio-h11,trio,threads-h11,go-nethttp,rust-hyper",
+        "--scenarios", "c_boundary", "--out", str(out), timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     jsonschema.validate(results, json.loads(SCHEMA_PATH.read_text()))
     assert results["tiers"] == {
-        "stack": ["trio"], "runtime": ["gevent-h11", "asyncio-h11", "trio", "threads-h11"]
+        "stack": ["trio"], "runtime": ["gevent-h11", "asyncio-h11", "trio", "threads-h11"],
+        "native": ["go-nethttp", "rust-hyper"],
     }  # fmt: skip
+    assert {"go", "rustc"} <= set(results["versions"])
     probe = {
         server: headline["figures"]["c_boundary_probe_p99_ms"]["median"]
         for server, headline in results["headline"].items()
     }
+    stalled = ("gevent-h11", "asyncio-h11", "trio", "rust-hyper")
     # Light requests queue behind 20 ms C calls on every single-threaded runtime...
-    for server in ("gevent-h11", "asyncio-h11", "trio"):
+    for server in stalled:
         assert probe[server] > 10, probe
-    # ...and not where each connection has its own thread.
-    assert probe["threads-h11"] < min(probe[s] for s in ("gevent-h11", "asyncio-h11", "trio"))
-    assert "runtime tier" in (out / "report.html").read_text()
+    # ...and not where each connection has its own thread, nor where cgo hands its P on.
+    for server in ("threads-h11", "go-nethttp"):
+        assert probe[server] < min(probe[s] for s in stalled), probe
+    page = (out / "report.html").read_text()
+    assert "runtime tier" in page and "native tier" in page
+    assert "Natively, /json p99: go-nethttp" in html.unescape(page)

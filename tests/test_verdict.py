@@ -134,3 +134,18 @@ def test_natives_alone_do_not_decide_a_python_claim() -> None:
     memory = rows[0].reading
     assert memory.startswith("Not measured by this run") and "two Python servers" in memory
     assert "Natively: rust-hyper 14.2 KiB, go-nethttp 20.5 KiB" in memory
+
+
+def test_the_c_boundary_row_reads_each_archetype_at_its_ffi() -> None:
+    def c_boundary(colouring: float | None, c: float) -> ServerHeadline:
+        figures = {"c_boundary_probe_p99_ms": figure(c)}
+        if colouring is not None:
+            figures["coloring_probe_p99_ms"] = figure(colouring)
+        return ServerHeadline(cpu_us_per_request={}, capacity_rps_per_core={}, figures=figures)
+
+    run = {"go-nethttp": c_boundary(3.0, 4.5), "rust-hyper": c_boundary(None, 95.0)}
+    row = verdict(run)[-1]
+    assert row.reading.endswith(
+        "Natively, /json p99: go-nethttp 4.50 ms beside C calls against 3.00 ms beside its own "
+        "language's blocking calls (1.5x); rust-hyper 95.0 ms beside C calls."
+    ), row.reading

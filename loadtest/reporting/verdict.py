@@ -348,7 +348,10 @@ def _native_c_boundary(headline: dict[str, ServerHeadline]) -> str:
         if not _native(server):
             continue
         own, c = _figure(figures, COLOURING.figure), _figure(figures, C_BOUNDARY.figure)
-        if own is None or c is None:
+        if c is None:
+            continue
+        if own is None:  # the coloring scenario not run: the C figure alone
+            parts.append(f"{server} {_value(c, C_BOUNDARY)} beside C calls")
             continue
         ratio = f" ({number(c.median / own.median, significant=2)}x)" if own.median > 0 else ""
         parts.append(

@@ -26,7 +26,7 @@ RUNTIME_TIER = ("gevent-h11", "asyncio-h11", "trio", "threads-h11")
 # The native tier: the archetypes of the two models outside Python, Go's goroutines (stackful,
 # implicit yields) and Rust's futures on tokio (stackless, explicit `.await`), built from
 # servers/native/ and measured the same way.
-NATIVE_TIER: tuple[str, ...] = ()
+NATIVE_TIER: tuple[str, ...] = ("go-nethttp",)
 TIERS = {"stack": STACK_TIER, "runtime": RUNTIME_TIER, "native": NATIVE_TIER}
 IMPLS = tuple(dict.fromkeys(STACK_TIER + RUNTIME_TIER + NATIVE_TIER))  # every server, each once
 # The runtime under each server: explicit-await loops (trio, asyncio) stall on a blocking call

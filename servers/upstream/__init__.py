@@ -42,6 +42,7 @@ CLIENTS = {
     "aiohttp": "aiohttp",
     "trio": "httpx",
     "asyncio-h11": "httpx",
+    "go-nethttp": "net/http",
 }
 DEFAULT_POOL = 100
 MAX_POOL = 10_000

@@ -8,7 +8,7 @@ import socket
 from httpclient import get, metrics, sample_value, wait_until
 
 from loadtest.orchestrator.serverproc import ServerProcess
-from servers.contract import IMPLS, NATIVE_TIER, OTHER_ROUTE, ROUTE_METHODS
+from servers.contract import IMPLS, NATIVE_TIER, OTHER_ROUTE, ROUTE_METHODS, RUNTIMES
 
 CONTRACT_FAMILIES = {
     "http_server_request_duration_seconds": "histogram",
@@ -21,16 +21,17 @@ CONTRACT_FAMILIES = {
     "process_cpu_seconds": "counter",
     "process_open_fds": "gauge",
 }
-# The interpreter's own collectors: every Python server, no native one (which says
-# python_version="" in stackbench_server_info instead).
-PYTHON_FAMILIES = {"python_gc_objects_collected": "counter"}
+# The garbage collector's families are the runtime's own: Python's gc module, or Go's; Rust
+# has no collector (a native server says python_version="" in stackbench_server_info).
+GC_FAMILIES = {"go": {"go_gc_duration_seconds": "summary"}, "tokio": {}}
+PYTHON_GC_FAMILIES = {"python_gc_objects_collected": "counter"}
 
 
 def test_every_contract_family_with_its_type(server: ServerProcess) -> None:
     get(server.port, "/json")
     families = metrics(server.port)
     types = {name: family.type for name, family in families.items()}
-    expected = CONTRACT_FAMILIES | ({} if server.impl in NATIVE_TIER else PYTHON_FAMILIES)
+    expected = CONTRACT_FAMILIES | GC_FAMILIES.get(RUNTIMES[server.impl], PYTHON_GC_FAMILIES)
     missing = {n: t for n, t in expected.items() if types.get(n) != t}
     assert not missing, f"missing or mistyped: {missing}"
     info = families["stackbench_server_info"].samples[0]

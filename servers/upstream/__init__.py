@@ -42,6 +42,7 @@ CLIENTS = {
     "aiohttp": "aiohttp",
     "trio": "httpx",
     "asyncio-h11": "httpx",
+    "go-nethttp": "net/http",
     "rust-hyper": "hyper",
 }
 DEFAULT_POOL = 100

@@ -152,3 +152,13 @@ def test_the_wheel_carries_every_source_a_build_reads() -> None:
     sources = {p for server in NATIVE_SERVERS.values() for p in server.sources()}
     assert here / "rust" / ".cargo" / "config.toml" in sources
     assert sources <= shipped, sorted(str(p.relative_to(here)) for p in sources - shipped)
+
+
+def test_the_module_runs_as_the_makefile_and_the_image_call_it() -> None:
+    """`python -m servers.native` (make test, the Dockerfile's native stage) is a command."""
+    done = subprocess.run(
+        [sys.executable, "-m", "servers.native", "--help"],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "--install-to" in done.stdout

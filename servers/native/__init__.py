@@ -199,6 +199,3 @@ def main(argv: list[str] | None = None) -> None:
     for impl, path in paths.items():
         print(f"{impl}: {path}")
 
-
-if __name__ == "__main__":
-    main()

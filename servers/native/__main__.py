@@ -1,0 +1,5 @@
+"""`python -m servers.native [--install-to DIR]`: build the native servers (make test, the image)."""
+
+from servers.native import main
+
+main()

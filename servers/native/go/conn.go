@@ -27,6 +27,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -524,23 +525,18 @@ func isGoRefusal(p []byte) bool {
 // goRefusal: the status and text of one of net/http's plain-text refusals.
 func goRefusal(p []byte) *rejection {
 	status, _ := strconv.Atoi(string(p[9:12]))
-	text := string(p[bytes.Index(p, []byte(goRefusalHeaders))+len(goRefusalHeaders):])
-	if _, rest, ok := cutString(text, ": "); ok {
-		text = rest
-	} else if len(text) > 4 {
-		text = text[4:]
-	}
 	if status < 400 || status > 599 {
 		status = 400
 	}
-	return &rejection{status, "net/http: " + text}
-}
-
-func cutString(s, sep string) (string, string, bool) {
-	if i := bytes.Index([]byte(s), []byte(sep)); i >= 0 {
-		return s[:i], s[i+len(sep):], true
+	// The body: "400 Bad Request", "400 Bad Request: why", or a text alone.
+	text := string(p[bytes.Index(p, []byte(goRefusalHeaders))+len(goRefusalHeaders):])
+	if len(text) > 4 && isDigit(text[0]) && isDigit(text[1]) && isDigit(text[2]) && text[3] == ' ' {
+		text = text[4:]
 	}
-	return s, "", false
+	if _, why, found := strings.Cut(text, ": "); found {
+		text = why
+	}
+	return &rejection{status, "net/http: " + text}
 }
 
 // CloseWrite: net/http's half-close (its closeWriteAndWait looks for this method).

@@ -568,14 +568,21 @@ func (c *conn) linger() {
 	c.readMu.Lock() // once the read in progress, if any, has returned
 	defer c.readMu.Unlock()
 	c.releaseBuf()
-	c.TCPConn.SetReadDeadline(time.Now().Add(lingerTime))
+	closeWithoutReset(c.TCPConn)
+}
+
+// closeWithoutReset: half-close, read and drop what the client still sends, for at most
+// lingerTime, then close.
+func closeWithoutReset(c *net.TCPConn) {
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(lingerTime))
 	var drop [512]byte
 	for {
-		if _, err := c.TCPConn.Read(drop[:]); err != nil {
+		if _, err := c.Read(drop[:]); err != nil {
 			break
 		}
 	}
-	c.TCPConn.Close()
+	c.Close()
 }
 
 // idle: waiting for a next request that has not begun, none in flight (a drain closes it).
@@ -611,13 +618,5 @@ func (l *listener) Accept() (net.Conn, error) {
 // shed: the canned 503 (lifecycle.overloaded_response), then a close without a reset.
 func shed(c *net.TCPConn, answer []byte) {
 	c.Write(answer)
-	c.CloseWrite()
-	c.SetReadDeadline(time.Now().Add(lingerTime))
-	var drop [512]byte
-	for {
-		if _, err := c.Read(drop[:]); err != nil {
-			break
-		}
-	}
-	c.Close()
+	closeWithoutReset(c)
 }

@@ -27,6 +27,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -524,23 +525,18 @@ func isGoRefusal(p []byte) bool {
 // goRefusal: the status and text of one of net/http's plain-text refusals.
 func goRefusal(p []byte) *rejection {
 	status, _ := strconv.Atoi(string(p[9:12]))
-	text := string(p[bytes.Index(p, []byte(goRefusalHeaders))+len(goRefusalHeaders):])
-	if _, rest, ok := cutString(text, ": "); ok {
-		text = rest
-	} else if len(text) > 4 {
-		text = text[4:]
-	}
 	if status < 400 || status > 599 {
 		status = 400
 	}
-	return &rejection{status, "net/http: " + text}
-}
-
-func cutString(s, sep string) (string, string, bool) {
-	if i := bytes.Index([]byte(s), []byte(sep)); i >= 0 {
-		return s[:i], s[i+len(sep):], true
+	// The body: "400 Bad Request", "400 Bad Request: why", or a text alone.
+	text := string(p[bytes.Index(p, []byte(goRefusalHeaders))+len(goRefusalHeaders):])
+	if len(text) > 4 && isDigit(text[0]) && isDigit(text[1]) && isDigit(text[2]) && text[3] == ' ' {
+		text = text[4:]
 	}
-	return s, "", false
+	if _, why, found := strings.Cut(text, ": "); found {
+		text = why
+	}
+	return &rejection{status, "net/http: " + text}
 }
 
 // CloseWrite: net/http's half-close (its closeWriteAndWait looks for this method).
@@ -572,14 +568,21 @@ func (c *conn) linger() {
 	c.readMu.Lock() // once the read in progress, if any, has returned
 	defer c.readMu.Unlock()
 	c.releaseBuf()
-	c.TCPConn.SetReadDeadline(time.Now().Add(lingerTime))
+	closeWithoutReset(c.TCPConn)
+}
+
+// closeWithoutReset: half-close, read and drop what the client still sends, for at most
+// lingerTime, then close.
+func closeWithoutReset(c *net.TCPConn) {
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(lingerTime))
 	var drop [512]byte
 	for {
-		if _, err := c.TCPConn.Read(drop[:]); err != nil {
+		if _, err := c.Read(drop[:]); err != nil {
 			break
 		}
 	}
-	c.TCPConn.Close()
+	c.Close()
 }
 
 // idle: waiting for a next request that has not begun, none in flight (a drain closes it).
@@ -615,13 +618,5 @@ func (l *listener) Accept() (net.Conn, error) {
 // shed: the canned 503 (lifecycle.overloaded_response), then a close without a reset.
 func shed(c *net.TCPConn, answer []byte) {
 	c.Write(answer)
-	c.CloseWrite()
-	c.SetReadDeadline(time.Now().Add(lingerTime))
-	var drop [512]byte
-	for {
-		if _, err := c.Read(drop[:]); err != nil {
-			break
-		}
-	}
-	c.Close()
+	closeWithoutReset(c)
 }

@@ -143,7 +143,7 @@ func planRoute(route, query string) (p plan, bad string) {
 		p.kind = planSleep
 		p.ms, bad = params.integer("ms", 0, maxSleepMS, -1)
 	case "/fanout", "/upstream":
-		p.kind, p.n = planFanout, 0
+		p.kind = planFanout
 		limit := maxFanoutKids
 		if route == "/upstream" {
 			p.kind, limit = planUpstream, maxUpstreamCalls

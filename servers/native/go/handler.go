@@ -122,6 +122,8 @@ func (s *server) closeIdle() {
 
 func abort() { panic(http.ErrAbortHandler) }
 
+var noUpstream = errorResponse(503, "no upstream configured: start the server with --upstream URL")
+
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c, _ := r.Context().Value(connKey{}).(*conn)
 	var sp *special
@@ -167,7 +169,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		status = s.send(w, r, &response{status: 200, body: fanoutBody(p.n, p.ms), contentType: contentJSON})
 	case planUpstream:
-		answer := errorResponse(503, "no upstream configured: start the server with --upstream URL")
+		answer := noUpstream
 		if s.up != nil {
 			if answer = s.up.call(ctx, p.n, p.ms); answer == nil {
 				abort()

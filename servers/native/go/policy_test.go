@@ -111,3 +111,22 @@ func TestContractDetails(t *testing.T) {
 		}
 	}
 }
+
+func TestGoRefusals(t *testing.T) {
+	const headers = goRefusalHeaders
+	for wire, want := range map[string]rejection{
+		"HTTP/1.1 400 Bad Request" + headers + "400 Bad Request":                                               {400, "net/http: Bad Request"},
+		"HTTP/1.1 400 Bad Request: malformed Host header" + headers + "400 Bad Request: malformed Host header": {400, "net/http: malformed Host header"},
+		"HTTP/1.1 501 Not Implemented" + headers + "Unsupported transfer encoding":                             {501, "net/http: Unsupported transfer encoding"},
+	} {
+		if !isGoRefusal([]byte(wire)) {
+			t.Errorf("not recognised: %q", wire)
+		}
+		if got := goRefusal([]byte(wire)); *got != want {
+			t.Errorf("%q: %+v, want %+v", wire, *got, want)
+		}
+	}
+	if isGoRefusal([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nok")) {
+		t.Error("a response taken for a refusal")
+	}
+}

@@ -16,6 +16,7 @@ from typing import Literal
 
 from loadtest.orchestrator.serverproc import ServerProcess, ServerStartError
 from servers.contract import IMPLS, TIERS
+from servers.native import NATIVE_SERVERS, binary
 
 BARE_DIR = Path(__file__).resolve().parent / "bare"
 # Each stackbench server's best-case reference: the same runtime and HTTP stack, bare.
@@ -26,6 +27,9 @@ BARE = {
     "gevent-h11": "gevent_h11",
     "asyncio-h11": "asyncio_h11",
     "threads-h11": "threads_h11",
+    # The native servers' own binaries, run with --bare: the library alone (servers/native/).
+    "go-nethttp": "go_nethttp",
+    "rust-hyper": "rust_hyper",
 }
 assert set(BARE) == set(IMPLS), "every stackbench server needs a bare reference"
 
@@ -53,6 +57,8 @@ class Variant:
         return f"bare {BARE[self.impl]}"
 
     def command(self) -> list[str]:
+        if self.kind == "bare" and self.impl in NATIVE_SERVERS:
+            return [str(binary(self.impl)), "--bare", "--host", "127.0.0.1", "--port", "0"]
         if self.kind == "bare":
             return [sys.executable, str(BARE_DIR / f"{BARE[self.impl]}.py"), "--port", "0"]
         extra = ["--no-metrics"] if self.kind == "no-metrics" else []
@@ -61,7 +67,8 @@ class Variant:
 
 
 def parse_servers(text: str) -> list[str]:
-    """`--servers`: names from IMPLS, comma-separated, or a tier (stack, runtime) or all."""
+    """`--servers`: names from IMPLS, comma-separated, or a tier (stack, runtime, native) or
+    all."""
     groups = {**TIERS, "all": IMPLS}
     names = [name for part in text.split(",") for name in groups.get(part, (part,))]
     if unknown := sorted(set(names) - set(IMPLS)):
@@ -69,7 +76,7 @@ def parse_servers(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-SERVERS_HELP = f"comma-separated, of: {', '.join(IMPLS)}; or stack, runtime, all"
+SERVERS_HELP = f"comma-separated, of: {', '.join(IMPLS)}; or stack, runtime, native, all"
 
 
 StartError = ServerStartError

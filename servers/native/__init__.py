@@ -198,4 +198,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"stackbench: {exc}")
     for impl, path in paths.items():
         print(f"{impl}: {path}")
-

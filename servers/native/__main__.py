@@ -1,4 +1,4 @@
-"""`python -m servers.native [--install-to DIR]`: build the native servers (make test, the image)."""
+"""`python -m servers.native [--install-to DIR]`: build the native servers (make test, image)."""
 
 from servers.native import main
 

@@ -5,7 +5,8 @@
 // (GOMAXPROCS, 1 by default as the Python servers have one).
 //
 // --measure-cgo N prints what a call into C costs, in JSON, and exits; --measure-tasks N
-// --depth D what a parked goroutine costs (tasks.go).
+// --depth D what a parked goroutine costs (tasks.go); --bare serves the benchmarks' bare
+// reference (bare.go).
 package main
 
 import (
@@ -43,6 +44,7 @@ func main() {
 	flag.IntVar(&measure, "measure-cgo", 0, "print the cost of N cgo calls (JSON) and exit")
 	tasks := flag.Int("measure-tasks", 0, "park N goroutines, print their cost (JSON) and exit")
 	depth := flag.Int("depth", 0, "--measure-tasks: calls deep each goroutine parks")
+	bare := flag.Bool("bare", false, "serve Hello, World! with net/http alone (the benchmarks' reference)")
 	flag.Parse()
 	if o.cores < 1 {
 		fail("--cores must be at least 1")
@@ -54,6 +56,9 @@ func main() {
 		return
 	case *tasks > 0:
 		measureTasks(*tasks, *depth)
+		return
+	case *bare:
+		serveBare(o.host, o.port)
 		return
 	}
 	o.metrics = !*noMetrics

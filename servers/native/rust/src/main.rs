@@ -2,8 +2,10 @@
 //! model (futures polled by a runtime, explicit `.await`), beside asyncio and trio.
 //!
 //! `stackbench serve rust-hyper` builds and execs this binary with the Python servers'
-//! options; `--measure-tasks N --depth D` is `stackbench tasks`' measurer for a tokio task.
+//! options; `--measure-tasks N --depth D` is `stackbench tasks`' measurer for a tokio task;
+//! `--bare` serves the benchmarks' bare reference (bare.rs).
 
+mod bare;
 mod contract;
 mod gate;
 mod metrics;
@@ -45,6 +47,7 @@ struct Options {
     upstream_timeout: String,
     measure_tasks: Option<usize>,
     depth: usize,
+    bare: bool,
 }
 
 /// One line on stderr, exit 2: a problem the user can fix.
@@ -80,13 +83,18 @@ fn parse_args() -> Options {
         upstream_timeout: "10".into(),
         measure_tasks: None,
         depth: 0,
+        bare: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
         let flag = args[i].as_str();
-        if flag == "--no-metrics" {
-            options.metrics = false;
+        if flag == "--no-metrics" || flag == "--bare" {
+            if flag == "--bare" {
+                options.bare = true;
+            } else {
+                options.metrics = false;
+            }
             i += 1;
             continue;
         }
@@ -131,6 +139,7 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("cannot start the tokio runtime: {}", e)));
     let code = match options.measure_tasks {
         Some(n) => runtime.block_on(measure_tasks(n, options.depth)),
+        None if options.bare => runtime.block_on(bare::serve(&options.host, options.port)),
         None => runtime.block_on(serve(options)),
     };
     // Without waiting for blocking-pool threads still sleeping (the drain deadline passed).

@@ -84,8 +84,9 @@ class AiohttpApp:
         if request.rejection is not None:
             return self.refuse(request, request.rejection)
         method = request.method
-        route, plan = contract.plan(method, request.raw_path)
+        # Timed from before the plan: planning /cpu is its work (the hashing).
         started = self.telemetry.request_started()
+        route, plan = contract.plan(method, request.raw_path)
         status = CLIENT_CLOSED_STATUS  # stays so if the handler is cancelled: the client left
         try:
             match plan:

@@ -263,8 +263,9 @@ class App:
         # A generator, so the request is timed until pywsgi has written its last chunk.
         method = environ["REQUEST_METHOD"]
         head = method == "HEAD"
-        route, plan = contract.plan(method, environ["stackbench.target"])
+        # Timed from before the plan: planning /cpu is its work (the hashing).
         started = self.telemetry.request_started()
+        route, plan = contract.plan(method, environ["stackbench.target"])
         status = CLIENT_CLOSED_STATUS
         try:
             match plan:

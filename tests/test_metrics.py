@@ -4,6 +4,7 @@ the same types everywhere, bounded labels."""
 from __future__ import annotations
 
 import socket
+import time
 
 from httpclient import get, metrics, sample_value, wait_until
 
@@ -72,6 +73,18 @@ def test_latency_histogram_covers_the_longest_route(server: ServerProcess) -> No
         if sample.name.endswith("_bucket")
     }
     assert {"0.1", "0.5", "1.0", "60.0", "+Inf"} <= bounds
+
+
+def test_a_cpu_request_is_timed_with_its_work(server: ServerProcess) -> None:
+    """/cpu's hashing happens while the request is planned: the recorded duration must hold
+    it (it did not, on every server, while the clock started after the plan)."""
+    name = "http_server_request_duration_seconds_sum"
+    before = sample_value(server.port, name, route="/cpu")
+    started = time.perf_counter()
+    assert get(server.port, "/cpu?n=200000").status == 200
+    elapsed = time.perf_counter() - started
+    recorded = sample_value(server.port, name, route="/cpu") - before
+    assert recorded >= 0.5 * elapsed, (recorded, elapsed)
 
 
 def test_requests_are_counted_by_route_method_status(server: ServerProcess) -> None:

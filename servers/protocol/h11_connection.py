@@ -289,8 +289,9 @@ class ConnectionCore:
     def _handle(self, request: h11.Request) -> Generator[Operation, object, None]:
         method = request.method.decode("ascii", "replace")
         head = method == "HEAD"
-        route, plan = contract.plan(method, request.target.decode("latin-1"))
+        # Timed from before the plan: planning /cpu is its work (the hashing).
         started = self.telemetry.request_started()
+        route, plan = contract.plan(method, request.target.decode("latin-1"))
         status = CLIENT_CLOSED_STATUS  # stays so if the client leaves first
         try:
             try:

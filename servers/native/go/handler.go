@@ -145,8 +145,8 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		target = sp.target
 	}
 	method := r.Method
+	started := s.tel.requestStarted() // before the plan: planning /cpu is its work
 	route, p := routePlan(method, target)
-	started := s.tel.requestStarted()
 	status := clientClosed // stays so if the client leaves first
 	defer func() { s.tel.requestFinished(route, method, status, started) }()
 	ctx := r.Context()

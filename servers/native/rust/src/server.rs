@@ -71,12 +71,22 @@ pub struct RequestGuard {
 
 impl RequestGuard {
     fn new(app: &Arc<App>, shared: &Arc<ConnShared>, route: &'static str, method: &str) -> RequestGuard {
+        RequestGuard::started_at(app, shared, route, method, app.telemetry.request_started())
+    }
+
+    fn started_at(
+        app: &Arc<App>,
+        shared: &Arc<ConnShared>,
+        route: &'static str,
+        method: &str,
+        started: Instant,
+    ) -> RequestGuard {
         RequestGuard {
             app: app.clone(),
             shared: shared.clone(),
             route,
             method: method.to_string(),
-            started: app.telemetry.request_started(),
+            started,
             status: CLIENT_CLOSED_STATUS,
         }
     }
@@ -247,8 +257,9 @@ async fn respond(app: Arc<App>, shared: Arc<ConnShared>, meta: Option<Meta>, req
         let response = contract::error(rejection.status, &rejection.message).closing();
         return complete(&app, response, meta.head_method, true, Some(guard));
     }
+    let started = app.telemetry.request_started(); // before the plan: planning /cpu is its work
     let (route, plan) = contract::plan(&meta.method, &meta.target);
-    let mut guard = RequestGuard::new(&app, &shared, route, &meta.method);
+    let mut guard = RequestGuard::started_at(&app, &shared, route, &meta.method, started);
     let head = meta.head_method;
     let close = meta.close;
     let mut body = request.into_body();

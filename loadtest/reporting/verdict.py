@@ -271,9 +271,10 @@ def _beside(claim: Claim, headline: dict[str, ServerHeadline]) -> str:
         high, low = native[higher[0]], native[lower[0]]
         if min(high.n, low.n) < 2 or high.driver_bound or low.driver_bound:
             holds = "more" if high.median > low.median else "less"
+            why = "one repeat" if min(high.n, low.n) < 2 else "a driver-bound figure"
             text += (
-                f" (the {claim.higher_name} one measured {holds} at the medians; one repeat, "
-                "or a driver-bound figure, does not decide)"
+                f" (the {claim.higher_name} one measured {holds} at the medians; {why} does "
+                "not decide)"
             )
         elif high.min > low.max:
             text += f" (holds between them: the {claim.higher_name} one measured more)"

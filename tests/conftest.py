@@ -11,21 +11,11 @@ from loadtest.orchestrator.serverproc import ServerProcess
 from servers.contract import IMPLS
 from servers.native import NATIVE_SERVERS, binary
 
-# Tests that pin processes to CPUs and measure (Locust runs, wrk, benchmarks, Prometheus): they
-# run one after another on one xdist worker, so no two of them ever share the machine; the other
-# worker takes the suites that hold each server to the contract, which wait far more than they
-# compute (pyproject: `-n 2 --dist loadgroup`).
-MEASURING_MODULES = frozenset({
-    "test_run.py", "test_benchmarks.py", "test_distributed.py", "test_remote.py",
-    "test_live.py", "test_dashboards.py", "test_locust.py", "test_tasks.py",
-})  # fmt: skip
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in MEASURING_MODULES:
-            item.add_marker(pytest.mark.xdist_group("measuring"))
+# Tests that pin processes to CPUs and measure (Locust runs, wrk, benchmarks, Prometheus) carry
+# `pytestmark = pytest.mark.xdist_group("measuring")`: they run one after another on one xdist
+# worker, so no two of them share the machine; the other worker takes the suites that hold each
+# server to the contract, which wait far more than they compute (pyproject: `-n 2 --dist
+# loadgroup`).
 
 
 @pytest.fixture(scope="session")

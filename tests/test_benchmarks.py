@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Measuring tests run one after another on one xdist worker (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("measuring")
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 

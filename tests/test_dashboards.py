@@ -27,6 +27,9 @@ from loadtest.reporting.colours import COLOURS
 from servers.contract import IMPLS, TIERS
 from servers.telemetry import LATENCY_BUCKETS
 
+# Measuring tests run one after another on one xdist worker (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("measuring")
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = ROOT / "dashboards" / "grafana" / "dashboards"
 PROVISIONING = ROOT / "dashboards" / "grafana" / "provisioning"

@@ -13,8 +13,13 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from loadtest.orchestrator.profiles import PROFILES
 from loadtest.orchestrator.serverproc import ServerProcess
+
+# Measuring tests run one after another on one xdist worker (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("measuring")
 
 WORKERS = 2
 LEVELS = PROFILES["smoke"].levels_for("plaintext")

@@ -14,10 +14,14 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 
 from loadtest.orchestrator.live import grafana_provisioning, scrape_config
 from servers.contract import STACK_TIER
+
+# Measuring tests run one after another on one xdist worker (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("measuring")
 
 ROOT = Path(__file__).resolve().parent.parent
 

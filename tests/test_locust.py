@@ -24,6 +24,9 @@ import pytest
 from loadtest.driver.scenarios import SCENARIOS
 from loadtest.orchestrator.serverproc import ServerProcess
 
+# Measuring tests run one after another on one xdist worker (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("measuring")
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILES = ROOT / "loadtest" / "locustfiles"
 LOCUST = str(Path(sys.executable).parent / "locust")

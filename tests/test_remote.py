@@ -16,6 +16,9 @@ from loadtest.orchestrator.remote import process_figures
 from loadtest.orchestrator.sampling import scrape
 from loadtest.orchestrator.serverproc import ServerProcess
 
+# Measuring tests run one after another on one xdist worker (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("measuring")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

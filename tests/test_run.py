@@ -28,6 +28,9 @@ from loadtest.orchestrator.serverproc import ServerProcess
 from loadtest.records import SCHEMA_PATH
 from loadtest.reporting.verdict import C_BOUNDARY, CLAIMS
 
+# Measuring tests run one after another on one xdist worker (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("measuring")
+
 ROOT = Path(__file__).resolve().parent.parent
 # One server of each model: the pipeline is the same for every server (trio and the other tiers
 # run in test_tier_run_shows_the_c_boundary_in_every_model below).

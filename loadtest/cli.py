@@ -309,17 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = commands.add_parser(
         "tasks",
-        help="memory per idle task, spawn and switch cost: greenlets, asyncio, trio, threads",
-        description="Park N idle tasks in each runtime (each in its own process) and report the "
-        "RSS per task, spawn time and switch cost, beside Go's 2 KiB minimum goroutine stack.",
+        help="memory per idle task, spawn and switch cost: greenlets, asyncio, trio, threads, "
+        "goroutines, tokio tasks",
+        description="Park N idle tasks in each runtime (each in its own process: Python's, and "
+        "the native servers' binaries for a goroutine and a tokio task) and report the RSS per "
+        "task, spawn time and switch cost; then what a call from Go into C (cgo) costs.",
     )
     tasks.add_argument(
         "--scale", type=_scale, default=1.0,
-        help="multiply the task counts (10k and 100k; threads 1k and 10k) by this",
+        help="multiply the task counts (10k and 100k; OS threads 1k and 10k) by this",
     )  # fmt: skip
     tasks.add_argument(
         "--depths", default="0,10",
-        help="Python frames below each parked task, comma-separated (default 0,10)",
+        help="calls below each parked task (Python frames; nested Go calls or async fns), "
+        "comma-separated (default 0,10)",
     )  # fmt: skip
     tasks.add_argument("--out", type=Path, help="where to write tasks.json and tasks.html")
     tasks.set_defaults(run=_tasks)
@@ -398,9 +401,18 @@ def _exec_native(args: argparse.Namespace) -> None:
         argv = exec_argv(args.impl, options)
     except NativeBuildError as exc:
         _fail(str(exc))
+    if args.cores > (os.cpu_count() or 1):
+        print(
+            f"stackbench: warning: --cores {args.cores} is more than this machine's "
+            f"{os.cpu_count()} CPUs",
+            file=sys.stderr,
+        )
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(argv[0], argv)
+    try:
+        os.execv(argv[0], argv)
+    except OSError as exc:
+        _fail(f"cannot run {argv[0]}: {exc.strerror or exc}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -562,7 +574,7 @@ def _tasks(args: argparse.Namespace) -> None:
     try:
         rows = tasks.run_all(args.scale, depths, lambda text: print(text, file=sys.stderr))
         cgo = tasks.measure_cgo()
-    except NativeBuildError as exc:
+    except (NativeBuildError, RuntimeError, OSError) as exc:
         _fail(str(exc))
     print(tasks.table(rows, cgo))
     out = args.out or Path("results") / f"tasks-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -53,24 +53,35 @@ def test_a_prebuilt_binary_is_used_as_it_is(
     assert native.exec_argv(impl, ["--port", "1"]) == [str(path), "--impl", impl, "--port", "1"]
 
 
-def test_a_prebuilt_directory_without_the_server_falls_back_to_building(
+def test_a_prebuilt_directory_without_the_server_is_a_one_line_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Asked for prebuilt binaries, a missing or non-executable one is said, not replaced by a
+    build the user did not ask for."""
     (tmp_path / "go-nethttp").write_text(FAKE_SERVER)  # not executable: not a binary
     monkeypatch.setenv(PREBUILT_ENV, str(tmp_path))
-    (tmp_path / "go").mkdir()
+    for impl in ("go-nethttp", "rust-hyper"):  # not executable; absent
+        with pytest.raises(NativeBuildError) as error:
+            binary(impl)
+        message = str(error.value)
+        assert "\n" not in message
+        assert message == f"{PREBUILT_ENV}={tmp_path} has no executable {impl}"
+
+
+def test_a_missing_tool_is_a_one_line_error_naming_its_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "rust").mkdir()
     missing = dataclasses.replace(
-        NATIVE_SERVERS["go-nethttp"],
-        source=tmp_path / "go",
-        toolchain=(str(tmp_path / "no-go"), "version"),
-    )
-    monkeypatch.setitem(NATIVE_SERVERS, "go-nethttp", missing)
+        NATIVE_SERVERS["rust-hyper"], source=tmp_path / "rust",
+        tools=("/usr/bin/rustc", str(tmp_path / "no-cargo")),
+    )  # fmt: skip
+    monkeypatch.setitem(NATIVE_SERVERS, "rust-hyper", missing)
     with pytest.raises(NativeBuildError) as error:
-        binary("go-nethttp")
+        binary("rust-hyper")
     message = str(error.value)
-    assert "\n" not in message
-    assert f"{PREBUILT_ENV}={tmp_path} has no executable go-nethttp" in message
-    assert "make system-deps" in message
+    assert "\n" not in message and f"needs {tmp_path / 'no-cargo'}" in message
+    assert "make system-deps" in message and "librust-sha2-dev" in message
 
 
 def test_missing_sources_are_a_one_line_error(

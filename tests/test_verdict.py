@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -111,8 +112,10 @@ def test_the_archetypes_stand_beside_the_python_worlds_not_in_their_groups() -> 
     }  # fmt: skip
     rows = {row.claim.split(" (")[0]: row for row in verdict(run)}
     memory = rows["A stackful task costs more memory"]
-    # Decided between the Python servers alone, as without the natives...
-    assert memory.reading.startswith("gevent measured the most, 30.3 KiB, 3.3x trio's 9.28")
+    # Decided between the Python servers alone, as without the natives, and said so...
+    assert memory.reading.startswith(
+        "Among the Python servers, gevent measured the most, 30.3 KiB, 3.3x trio's 9.28"
+    )
     assert "every stackful (gevent) server measured more than every stackless (trio)" in (
         memory.reading
     )
@@ -132,8 +135,39 @@ def test_the_archetypes_stand_beside_the_python_worlds_not_in_their_groups() -> 
 def test_natives_alone_do_not_decide_a_python_claim() -> None:
     rows = verdict({"go-nethttp": headline(*GO), "rust-hyper": headline(*RUST)})
     memory = rows[0].reading
-    assert memory.startswith("Not measured by this run") and "two Python servers" in memory
+    # The scenario ran (the natives measured it): what is missing is Python servers.
+    assert memory.startswith(
+        "Not decided between the Python servers: this run measured 0 (add some, e.g. "
+        "--servers gevent,aiohttp beside the native ones)."
+    )
     assert "Natively: rust-hyper 14.2 KiB, go-nethttp 20.5 KiB" in memory
+
+
+def test_go_is_not_said_to_offload_and_no_ratio_is_negative() -> None:
+    def with_figures(**figures: float) -> ServerHeadline:
+        return ServerHeadline(
+            cpu_us_per_request={}, capacity_rps_per_core={},
+            figures={name: figure(value) for name, value in figures.items()},
+        )  # fmt: skip
+
+    colouring = {"coloring_probe_p99_ms": 4.0, "offload_overhead_ms": 0.5}
+    run = {s: with_figures(**colouring) for s in ("gevent", "trio", "go-nethttp", "rust-hyper")}
+    reading = next(r for r in verdict(run) if r.claim.startswith("Synchronous")).reading
+    assert "Offloading the call to a thread costs" in reading and "rust-hyper 0.5" in reading
+    assert "go-nethttp 0.5" not in reading  # Go's offload=1 is the same direct call
+    # CPU per child of a fan-out is a difference, and can be <= 0: no ratio to it.
+    cpu = {
+        "gevent": ServerHeadline(
+            cpu_us_per_request={"plaintext": figure(100.0), "fanout": figure(90.0)},
+            capacity_rps_per_core={}, figures={},
+        ),
+        "go-nethttp": ServerHeadline(
+            cpu_us_per_request={"plaintext": figure(50.0), "fanout": figure(150.0)},
+            capacity_rps_per_core={}, figures={},
+        ),
+    }  # fmt: skip
+    fanout = next(r for r in verdict(cpu) if "fan-out" in r.claim).reading
+    assert "x go-nethttp" not in fanout and not re.search(r"-\d", fanout), fanout
 
 
 def test_the_c_boundary_row_reads_each_archetype_at_its_ffi() -> None:

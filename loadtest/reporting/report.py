@@ -560,7 +560,7 @@ def render(results: Results) -> str:
 {results.profile.repeat} repeat(s)), {status}. Server on CPU {pinning.server_cpus},
 Locust on CPU {pinning.driver_cpus}. {html.escape(env.cpu_model)}, kernel
 {html.escape(env.kernel)}, governor {html.escape(env.cpu_governor or "unknown")}, load average
-{env.load_average_1m:g} at start. stackbench {html.escape(results.provenance.stackbench_version)}
+{env.load_average_1m:.2f} at start. stackbench {html.escape(results.provenance.stackbench_version)}
 {html.escape(commit[:12] if commit else "")}{dirty}. {html.escape(versions)}.
 Command: <code>{html.escape(shlex.join(results.provenance.command))}</code>.</p>
 {_warnings(results)}

@@ -18,8 +18,11 @@ __all__ = ["screenshot"]
 WIDTH, HEIGHT = 1400, 1150  # the verdict and what leads to it, at the width charts are made for
 
 
-def screenshot(report: Path, png: Path, width: int = WIDTH, height: int = HEIGHT) -> None:
+def screenshot(
+    report: Path | str, png: Path | str, width: int = WIDTH, height: int = HEIGHT
+) -> None:
     """Render `report` (an HTML file) in headless Chromium into `png`."""
+    report, png = Path(report), Path(png)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise FileNotFoundError("chromium is not installed (Debian package: chromium)")

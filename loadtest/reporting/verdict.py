@@ -162,6 +162,10 @@ ALSO = {
 }
 
 
+# Runtimes where /blocking?offload=1 offloads nothing (Go: the same direct call as offload=0).
+NO_OFFLOAD_RUNTIMES = frozenset({"go"})
+
+
 def _also(claim: Claim, headline: dict[str, ServerHeadline]) -> str:
     if claim.key not in ALSO:
         return ""
@@ -170,6 +174,7 @@ def _also(claim: Claim, headline: dict[str, ServerHeadline]) -> str:
         server: figure
         for server, figures in headline.items()
         if (figure := figures.figures.get(name)) is not None
+        and not (name == "offload_overhead_ms" and RUNTIMES.get(server) in NO_OFFLOAD_RUNTIMES)
     }
     # In the order of the figures, as every sentence here is: swapping two servers' figures
     # swaps their names.
@@ -186,12 +191,20 @@ def _row(claim: Claim, headline: dict[str, ServerHeadline]) -> Row:
         if (figure := _figure(figures, claim.figure)) is not None
     }
     shown = {server: _shown(figure, claim) for server, figure in measured.items()}
+    natives_measured = any(_native(server) for server in measured)
     measured = {server: figure for server, figure in measured.items() if not _native(server)}
+    if len(measured) < 2 and natives_measured:
+        return Row(
+            claim.claim, shown,
+            f"Not decided between the Python servers: this run measured {len(measured)} (add "
+            "some, e.g. --servers gevent,aiohttp beside the native ones).",
+            False,
+        )  # fmt: skip
     if len(measured) < 2:
         return Row(
             claim.claim, shown,
             f"Not measured by this run: it needs {claim.scenario.replace(',', ' and ')} "
-            f"(stackbench run --scenarios {claim.scenario}) with at least two Python servers.",
+            f"(stackbench run --scenarios {claim.scenario}) with at least two servers.",
             False,
         )  # fmt: skip
     higher = {s: f for s, f in measured.items() if claim.higher(s)}
@@ -200,8 +213,9 @@ def _row(claim: Claim, headline: dict[str, ServerHeadline]) -> Row:
     least, most = ranked[0], ranked[-1]
     # A ratio only between positive figures (CPU per child, a difference, can come out <= 0).
     ratio = measured[most].median / measured[least].median if measured[least].median > 0 else None
+    among = "Among the Python servers, " if natives_measured else ""
     order = (
-        f"{most} measured the most, {_value(measured[most], claim)}"
+        f"{among}{most} measured the most, {_value(measured[most], claim)}"
         + (
             f", {number(ratio, significant=2)}x {least}'s {_value(measured[least], claim)}"
             if ratio
@@ -286,7 +300,8 @@ def _beside(claim: Claim, headline: dict[str, ServerHeadline]) -> str:
     for server in sorted(measured):
         archetype = ARCHETYPES.get(RUNTIMES.get(server, ""))
         for other in sorted(native):
-            if RUNTIMES[other] == archetype and native[other].median > 0:
+            # A ratio only between positive figures (CPU per child can come out <= 0).
+            if RUNTIMES[other] == archetype and native[other].median > 0 < measured[server].median:
                 ratio = measured[server].median / native[other].median
                 distances.append(f"{server} {number(ratio, significant=2)}x {other}")
     if distances:

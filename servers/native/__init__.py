@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class NativeServer:
     impl: str
     source: Path  # the directory whose files the binary is built from
     toolchain: tuple[str, ...]  # prints the version the cache key includes
+    tools: tuple[str, ...]  # what the build runs (Debian ships rustc and cargo apart)
     packages: str  # the Debian packages that provide the toolchain and libraries
 
     def sources(self) -> list[Path]:
@@ -79,12 +81,14 @@ class NativeServer:
 
 NATIVE_SERVERS = {
     "go-nethttp": NativeServer(
-        "go-nethttp", HERE / "go", ("/usr/bin/go", "version"),
+        "go-nethttp", HERE / "go", ("/usr/bin/go", "version"), ("/usr/bin/go",),
         "golang-go golang-github-prometheus-client-golang-dev",
     ),
     "rust-hyper": NativeServer(
         "rust-hyper", HERE / "rust", ("/usr/bin/rustc", "--version"),
-        "rustc cargo librust-tokio-dev librust-hyper-dev librust-prometheus-dev",
+        ("/usr/bin/rustc", "/usr/bin/cargo"),
+        "rustc cargo librust-tokio-dev librust-hyper-dev librust-prometheus-dev "
+        "librust-prometheus+process-dev librust-sha2-dev librust-form-urlencoded-dev",
     ),
 }  # fmt: skip
 
@@ -95,24 +99,26 @@ def _cache_dir() -> Path:
 
 
 def _prebuilt(impl: str) -> Path | None:
-    """$STACKBENCH_NATIVE_PREBUILT/<impl>, if that is an executable file."""
+    """$STACKBENCH_NATIVE_PREBUILT/<impl>, where that variable is set: asked for, so a missing
+    binary there is an error, not a reason to build another."""
     root = os.environ.get(PREBUILT_ENV)
     if not root:
         return None
     path = Path(root) / impl
-    return path if path.is_file() and os.access(path, os.X_OK) else None
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise NativeBuildError(f"{PREBUILT_ENV}={root} has no executable {impl}")
+    return path
 
 
 def _key(server: NativeServer) -> str:
     if not server.source.is_dir():
         raise NativeBuildError(f"{server.impl} has no sources: {server.source} is missing")
-    if not Path(server.toolchain[0]).exists():
-        prebuilt = os.environ.get(PREBUILT_ENV)
-        where = f" ({PREBUILT_ENV}={prebuilt} has no executable {server.impl})" if prebuilt else ""
-        raise NativeBuildError(
-            f"{server.impl} needs {server.toolchain[0]}{where}: `make system-deps` installs the "
-            f"Debian packages {server.packages}"
-        )
+    for tool in server.tools:
+        if not os.access(tool, os.X_OK):
+            raise NativeBuildError(
+                f"{server.impl} needs {tool}: `make system-deps` installs the Debian packages "
+                f"{server.packages}"
+            )
     digest = hashlib.sha256()
     version = subprocess.run(server.toolchain, capture_output=True, text=True, check=False)
     digest.update(version.stdout.encode())
@@ -127,7 +133,7 @@ def _progress(line: str) -> None:
 
 
 def binary(impl: str, progress=_progress) -> Path:
-    """The server's binary: the prebuilt one if $STACKBENCH_NATIVE_PREBUILT holds it, else the
+    """The server's binary: the prebuilt one if $STACKBENCH_NATIVE_PREBUILT is set, else the
     built one, building it first if its sources or toolchain changed."""
     return _prebuilt(impl) or _built(impl, progress)
 
@@ -136,7 +142,7 @@ def _built(impl: str, progress=_progress) -> Path:
     server = NATIVE_SERVERS[impl]
     out_dir = _cache_dir() / impl
     out = out_dir / f"{impl}-{_key(server)}"
-    if out.exists():
+    if out.exists():  # only ever there whole: it is renamed into place
         return out
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / ".lock", "w") as lock:
@@ -144,17 +150,25 @@ def _built(impl: str, progress=_progress) -> Path:
         if out.exists():
             return out
         progress(f"building {impl} (once per source change) ...")
-        command, env = server.build_command(out)
-        done = subprocess.run(command, cwd=server.source, env=env, capture_output=True,
-                              text=True, check=False)  # fmt: skip
+        started = time.monotonic()
+        partial = out_dir / f".{out.name}.partial"
+        command, env = server.build_command(partial)
+        try:
+            done = subprocess.run(command, cwd=server.source, env=env, capture_output=True,
+                                  text=True, check=False)  # fmt: skip
+        except OSError as exc:
+            raise NativeBuildError(f"building {impl} failed: {exc}") from None
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
-            raise NativeBuildError(f"building {impl} failed: {' | '.join(last)}")
+            why = " | ".join(last) or f"{command[0]} exited with status {done.returncode}"
+            raise NativeBuildError(f"building {impl} failed: {why}")
         if impl == "rust-hyper":
-            shutil.copy2(out_dir / "target" / "release" / "stackbench-rust-hyper", out)
-        for stale in out_dir.glob(f"{impl}-*"):
-            if stale != out:
-                stale.unlink(missing_ok=True)
+            shutil.copy2(out_dir / "target" / "release" / "stackbench-rust-hyper", partial)
+        partial.chmod(0o755)
+        # A reader sees no binary or the whole one, never a half-copied file: a process that
+        # found `out` existing above must not exec a partial binary.
+        partial.replace(out)
+        progress(f"built {impl} in {time.monotonic() - started:.0f} s: {out}")
     return out
 
 

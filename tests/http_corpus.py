@@ -111,6 +111,8 @@ ACCEPTED: tuple[Case, ...] = (
     Case("te-chunked-mixed-case", _post(b"Transfer-Encoding: ChUnKeD\r\n", b"5\r\nhello\r\n0\r\n\r\n"), 200),
     Case("http10-without-host", b"GET /json HTTP/1.0\r\n\r\n", 200, keep_alive=False, followed=False),
     Case("absolute-form", _get(HOST, b"GET http://corpus/json HTTP/1.1"), 200),
+    # The asterisk-form (RFC 9112 section 3.2.4) names no route: the contract's 404, then HIDDEN.
+    Case("options-asterisk", _get(HOST, b"OPTIONS * HTTP/1.1"), 404),
     # pywsgi hands an upgrade request the raw socket as its body, Content-Length ignored.
     Case("upgrade-with-length", _post(b"Upgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 5\r\n", b"hello"), 200),
     Case("headers-100", _get(HOST + b"".join(b"X-%d: v\r\n" % i for i in range(99))), 200),

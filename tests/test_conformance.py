@@ -11,10 +11,10 @@ import socket
 import time
 
 import pytest
-from httpclient import Reply, get, raw_exchange, request, timed_get
+from httpclient import Reply, get, raw_exchange, request, sample_value, timed_get
 
 from loadtest.orchestrator.serverproc import ServerProcess
-from servers.contract import IMPL_HEADER, IMPLS, MAX_BODY_BYTES, cpu_digest
+from servers.contract import IMPL_HEADER, IMPLS, MAX_BODY_BYTES, OTHER_ROUTE, cpu_digest
 
 JSON = "application/json"
 OK_ROUTES = [
@@ -111,6 +111,28 @@ def test_client_mistakes_get_json_errors(
         assert reply.header("Allow") in ("GET, HEAD", "POST")
 
 
+def test_options_asterisk_is_an_unknown_route(server: ServerProcess) -> None:
+    """`OPTIONS *` (the asterisk-form, RFC 9112 section 3.2.4) names no route: the contract's
+    404, with its headers, recorded as any request. (net/http answers it on its own, 200 with
+    an empty body, unless its server is kept from it.)"""
+
+    def recorded() -> float:
+        return sample_value(
+            server.port,
+            "http_server_request_duration_seconds_count",
+            route=OTHER_ROUTE,
+            method="OPTIONS",
+            status="404",
+        )
+
+    before = recorded()
+    reply = request(server.port, "OPTIONS", "*")
+    assert (reply.status, reply.body) == (404, b'{"error":"no route *"}')
+    assert reply.header("Content-Type") == JSON
+    assert reply.header(IMPL_HEADER) == server.impl
+    assert recorded() == before + 1
+
+
 def test_body_over_limit_is_413_by_content_length(server: ServerProcess) -> None:
     # Announce 2 MiB, send none of it: the server must refuse on the header alone.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
@@ -203,6 +225,7 @@ IDENTICAL_TARGETS = [
     ("GET", "/fanout?n=0&ms=1"),
     ("PUT", "/json"),
     ("GET", "/echo"),
+    ("OPTIONS", "*"),
 ]
 
 

@@ -168,14 +168,14 @@ type head struct {
 	chunked       bool
 	// What net/http would refuse although the policy accepts it, or read otherwise than the
 	// contract's servers do: the head is handed to net/http rewritten (see rewrite).
-	targetUnparsable bool // url.ParseRequestURI refuses the target: handed over as "/"
-	hostUnusable     bool // a Host net/http refuses (`fu zz`, obs-text): handed over as "invalid"
-	dropExpect       bool // an Expect other than 100-continue (net/http would answer 417)
-	dropTrailer      bool // a Trailer field (net/http refuses some names in it)
+	targetReplaced bool // a target net/http refuses or answers itself: handed over as "/"
+	hostUnusable   bool // a Host net/http refuses (`fu zz`, obs-text): handed over as "invalid"
+	dropExpect     bool // an Expect other than 100-continue (net/http would answer 417)
+	dropTrailer    bool // a Trailer field (net/http refuses some names in it)
 }
 
 func (h *head) rewritten() bool {
-	return h.targetUnparsable || h.hostUnusable || h.dropExpect || h.dropTrailer
+	return h.targetReplaced || h.hostUnusable || h.dropExpect || h.dropTrailer
 }
 
 // scanHead looks for the end of the head at the start of `b` (the bytes received since the
@@ -343,7 +343,11 @@ func checkHead(b []byte) (h head, rej *rejection) {
 	// Accepted. What net/http would still refuse, or answer on its own:
 	if target[0] != '/' || bytes.IndexByte(target, '%') >= 0 {
 		if _, err := url.ParseRequestURI(string(target)); err != nil {
-			h.targetUnparsable = true // `GET json`, `/%zz`, `http://h:port-less/`
+			h.targetReplaced = true // `GET json`, `/%zz`, `http://h:port-less/`
+		} else if string(target) == "*" && string(method) == "OPTIONS" {
+			// net/http's server answers `OPTIONS *` itself (globalOptionsHandler: 200, no
+			// body) without calling the handler; the contract's answer is a 404, recorded.
+			h.targetReplaced = true
 		}
 	}
 	for _, c := range host {
@@ -420,7 +424,7 @@ func rewrite(b []byte, h *head) []byte {
 	out := make([]byte, 0, len(b)+16)
 	lineEnd := bytes.Index(b, crlf)
 	line := b[:lineEnd]
-	if h.targetUnparsable {
+	if h.targetReplaced {
 		sp := bytes.IndexByte(line, ' ')
 		last := bytes.LastIndexByte(line, ' ')
 		out = append(out, line[:sp]...)

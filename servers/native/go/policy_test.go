@@ -68,12 +68,18 @@ func TestPolicy(t *testing.T) {
 
 func TestWhatNetHTTPWouldReadOtherwise(t *testing.T) {
 	_, h := verdict("GET json HTTP/1.1\r\nHost: fu zz\r\nExpect: nothing\r\nTrailer: X\r\n\r\n")
-	if !h.targetUnparsable || !h.hostUnusable || !h.dropExpect || !h.dropTrailer {
+	if !h.targetReplaced || !h.hostUnusable || !h.dropExpect || !h.dropTrailer {
 		t.Fatalf("%+v", h)
 	}
 	got := string(rewrite([]byte("GET json HTTP/1.1\r\nHost: fu zz\r\nExpect: nothing\r\nTrailer: X\r\nA: b\r\n\r\n"), &h))
 	if want := "GET / HTTP/1.1\r\nHost: invalid\r\nA: b\r\n\r\n"; got != want {
 		t.Fatalf("%q, want %q", got, want)
+	}
+	if _, h := verdict("OPTIONS * HTTP/1.1\r\nHost: c\r\n\r\n"); !h.targetReplaced {
+		t.Fatalf("OPTIONS * handed to net/http, which answers it itself: %+v", h)
+	}
+	if _, h := verdict("GET * HTTP/1.1\r\nHost: c\r\n\r\n"); h.rewritten() {
+		t.Fatalf("GET * rewritten: %+v", h)
 	}
 	if _, h := verdict("GET /json HTTP/1.1\r\nHost: c\r\nExpect: 100-Continue\r\n\r\n"); h.rewritten() {
 		t.Fatalf("100-continue rewritten: %+v", h)

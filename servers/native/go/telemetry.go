@@ -23,6 +23,11 @@ import (
 )
 
 const (
+	// The type prometheus_client's own handler (choose_encoder, unless the Accept asks for
+	// more) and client_golang give this text. The Python servers send CONTENT_TYPE_LATEST
+	// with the same bytes: version=1.0.0 in prometheus_client 0.26 (0.21 said 0.0.4), which
+	// expfmt's decoder here (prometheus/common) takes for an unknown format. Prometheus
+	// reads either.
 	metricsContentType = "text/plain; version=0.0.4; charset=utf-8"
 	clientClosed       = 499
 	lagInterval        = 10 * time.Millisecond

@@ -3,7 +3,12 @@ subprocess on a free loopback port, started once per test session."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import fcntl
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +21,42 @@ from servers.native import NATIVE_SERVERS, binary
 # worker, so no two of them share the machine; the other worker takes the suites that hold each
 # server to the contract, which wait far more than they compute (pyproject: `-n 2 --dist
 # loadgroup`).
+#
+# What must have the machine to itself (test_run.py's runs: whether Locust was the limit is
+# judged by its CPU share) holds an exclusive lock while it runs; every other test holds a shared
+# one, so the other worker pauses between tests meanwhile (each hold is one run, well inside the
+# 180 s a test may take, waiting included).
+_LOCK = Path(tempfile.gettempdir()) / (
+    f"stackbench-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}.lock"
+)
+
+
+@contextmanager
+def _locked(mode: int) -> Iterator[None]:
+    with _LOCK.open("a") as lock:
+        fcntl.flock(lock, mode)
+        yield
+
+
+@pytest.fixture(scope="session")
+def alone() -> Callable[[], AbstractContextManager[None]]:
+    """For module fixtures that measure: `with alone(): ...`."""
+    return lambda: _locked(fcntl.LOCK_EX)
+
+
+@pytest.fixture
+def machine_alone() -> Iterator[None]:
+    with _locked(fcntl.LOCK_EX):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _sharing_the_machine(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "machine_alone" in request.fixturenames:
+        yield  # the test holds the exclusive lock
+        return
+    with _locked(fcntl.LOCK_SH):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import jsonschema
@@ -28,8 +30,9 @@ from loadtest.orchestrator.serverproc import ServerProcess
 from loadtest.records import SCHEMA_PATH
 from loadtest.reporting.verdict import C_BOUNDARY, CLAIMS
 
-# Measuring tests run one after another on one xdist worker (tests/conftest.py).
-pytestmark = pytest.mark.xdist_group("measuring")
+# Measuring tests run one after another on one xdist worker, and these with the machine to
+# themselves: whether Locust was the limit is judged by its CPU share (tests/conftest.py).
+pytestmark = [pytest.mark.xdist_group("measuring"), pytest.mark.usefixtures("machine_alone")]
 
 ROOT = Path(__file__).resolve().parent.parent
 # One server of each model: the pipeline is the same for every server (trio and the other tiers
@@ -47,12 +50,15 @@ def _stackbench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+def smoke_run(
+    tmp_path_factory: pytest.TempPathFactory, alone: Callable[[], AbstractContextManager[None]]
+) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("run") / "out"
-    done = _stackbench(
-        "run", "--profile", "smoke", "--servers", ",".join(sorted(SERVERS)),
-        "--scenarios", SCENARIOS, "--out", str(out),
-    )  # fmt: skip
+    with alone():
+        done = _stackbench(
+            "run", "--profile", "smoke", "--servers", ",".join(sorted(SERVERS)),
+            "--scenarios", SCENARIOS, "--out", str(out),
+        )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done
 

@@ -305,6 +305,21 @@ def test_an_http11_request_then_a_half_close_is_answered(server: ServerProcess) 
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
 
 
+# The servers that know the peer where they log a refusal (the h11 core logs without it).
+LOGS_THE_PEER = ("aiohttp", "gevent", "go-nethttp", "rust-hyper")
+
+
+@pytest.mark.parametrize("impl_name", LOGS_THE_PEER)
+def test_a_refusal_is_logged_with_the_client_address(impl_name: str) -> None:
+    """lifecycle.log_refusal's line: `stackbench IMPL: refused STATUS from IP: MESSAGE`."""
+    with ServerProcess(impl_name) as server:
+        exchange(server.port, b"GET /json HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 5\r\n\r\n")
+        assert wait_until(
+            lambda: f"{impl_name}: refused 400 from 127.0.0.1: " in server.stderr_tail(20),
+            timeout=5,
+        ), server.stderr_tail(20)
+
+
 def test_a_client_leaving_mid_body_is_written_nothing(server: ServerProcess) -> None:
     """499 is a metric label only: a client that half-closes mid-body is sent no response."""
 

@@ -265,6 +265,75 @@ def test_a_client_leaving_mid_body_is_recorded_as_499(impl: str) -> None:
         )
 
 
+def _half_closed_exchange(port: int, wire: bytes) -> bytes:
+    """Send `wire`, half-close (as `nc -N` does), read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
+        sock.sendall(wire)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+
+def test_a_request_sent_with_its_end_of_file_is_answered(server: ServerProcess) -> None:
+    """`printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | nc -N host port`: the head is complete,
+    and a half-closed client still reads (rust-hyper answered nothing, recorded nothing)."""
+
+    def served() -> float:
+        return sample_value(
+            server.port,
+            "http_server_request_duration_seconds_count",
+            route="/healthz",
+            status="200",
+        )
+
+    if server.impl == "aiohttp":
+        pytest.skip("aiohttp takes end-of-file for the client gone (handler cancellation)")
+    before = served()
+    answer = _half_closed_exchange(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.") and b" 200 " in answer.split(b"\r\n")[0], answer[:100]
+    assert answer.endswith(b"ok"), answer[-100:]
+    assert wait_until(lambda: served() == before + 1, timeout=5)
+
+
+def test_an_http11_request_then_a_half_close_is_answered(server: ServerProcess) -> None:
+    if server.impl == "aiohttp":
+        pytest.skip("aiohttp takes end-of-file for the client gone (handler cancellation)")
+    answer = _half_closed_exchange(server.port, b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+
+
+# The servers that know the peer where they log a refusal (the h11 core logs without it).
+LOGS_THE_PEER = ("aiohttp", "gevent", "go-nethttp", "rust-hyper")
+
+
+@pytest.mark.parametrize("impl_name", LOGS_THE_PEER)
+def test_a_refusal_is_logged_with_the_client_address(impl_name: str) -> None:
+    """lifecycle.log_refusal's line: `stackbench IMPL: refused STATUS from IP: MESSAGE`."""
+    with ServerProcess(impl_name) as server:
+        exchange(server.port, b"GET /json HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 5\r\n\r\n")
+        assert wait_until(
+            lambda: f"{impl_name}: refused 400 from 127.0.0.1: " in server.stderr_tail(20),
+            timeout=5,
+        ), server.stderr_tail(20)
+
+
+def test_a_client_leaving_mid_body_is_written_nothing(server: ServerProcess) -> None:
+    """499 is a metric label only: a client that half-closes mid-body is sent no response."""
+
+    def left() -> float:
+        return sample_value(
+            server.port, "http_server_request_duration_seconds_count", route="/echo", status="499"
+        )
+
+    before = left()
+    wire = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
+    assert _half_closed_exchange(server.port, wire) == b""
+    assert wait_until(lambda: left() == before + 1, timeout=5)
+
+
 @pytest.mark.parametrize(
     ("fields", "status"),
     [(b"Content-Length: 5, 5", 400), (b"Content-Length: 99999999", 413), (b"", 400)],

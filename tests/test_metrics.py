@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 
+import psutil
 from httpclient import get, metrics, sample_value, wait_until
 
 from loadtest.orchestrator.serverproc import ServerProcess
@@ -85,6 +86,16 @@ def test_a_cpu_request_is_timed_with_its_work(server: ServerProcess) -> None:
     elapsed = time.perf_counter() - started
     recorded = sample_value(server.port, name, route="/cpu") - before
     assert recorded >= 0.5 * elapsed, (recorded, elapsed)
+
+
+def test_process_cpu_seconds_is_precise(server: ServerProcess) -> None:
+    """process_cpu_seconds_total is the process's CPU time, not whole seconds of it (rust-hyper's
+    prometheus crate counted whole seconds: after a minute of light work it still said 0)."""
+    for _ in range(20):
+        assert get(server.port, "/cpu?n=200000").status == 200
+    reported = sample_value(server.port, "process_cpu_seconds_total")
+    times = psutil.Process(server.pid).cpu_times()
+    assert abs(reported - (times.user + times.system)) < 0.05, (reported, times)
 
 
 def test_requests_are_counted_by_route_method_status(server: ServerProcess) -> None:

@@ -173,3 +173,14 @@ def test_the_module_runs_as_the_makefile_and_the_image_call_it() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "--install-to" in done.stdout
+
+
+def test_the_rust_servers_cli_errors_read_as_the_python_clis() -> None:
+    """`stackbench: error: ...`, as argparse words the Python CLI's, exit status 2."""
+    if not Path("/usr/bin/cargo").exists():
+        pytest.skip("no Rust toolchain to build rust-hyper")
+    done = subprocess.run(
+        [str(binary("rust-hyper")), "--port", "nope"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("stackbench: error: "), done.stderr

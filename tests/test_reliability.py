@@ -107,6 +107,47 @@ def test_idle_connections_are_closed(impl: str) -> None:
         assert time.monotonic() - started < 5
 
 
+def test_keep_alive_connections_are_closed_when_idle_between_requests(impl: str) -> None:
+    """The idle timeout holds after a request too, not only before the first (rust-hyper's
+    kept every connection that had been served open for good)."""
+    with ServerProcess(impl, extra_args=("--idle-timeout", "1")) as server:
+        served = [
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(5)
+        ]
+        try:
+            for sock in served:
+                sock.sendall(b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n")
+            for sock in served:
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            started = time.monotonic()
+            for sock in served:
+                with contextlib.suppress(ConnectionResetError):
+                    while sock.recv(65536):
+                        pass  # the rest of a response, if it came in two reads
+            assert time.monotonic() - started < 5  # closed by the server, not by our timeout
+        finally:
+            for sock in served:
+                sock.close()
+
+
+def test_a_client_that_leaves_a_waiting_request_is_recorded_as_499(impl: str) -> None:
+    """A client that closes while its request waits (/sleep) is recorded as 499, not lost and
+    not as a 200 sent to nobody."""
+
+    def count(port: int, status: str) -> float:
+        return sample_value(
+            port, "http_server_request_duration_seconds_count", route="/sleep", status=status
+        )
+
+    with ServerProcess(impl) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET /sleep?ms=1000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.3)
+        assert wait_until(lambda: count(server.port, "499") == 1, timeout=5)
+        time.sleep(1.0)  # past the sleep: it was not answered (nor recorded) after all
+        assert count(server.port, "200") == 0
+
+
 @pytest.fixture(scope="module", params=IMPLS)
 def limited(request: pytest.FixtureRequest):
     with ServerProcess(request.param, extra_args=("--max-connections", "20")) as server:

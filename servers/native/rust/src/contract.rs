@@ -65,9 +65,10 @@ impl Response {
 
 /// `{"error": message}`, as json.dumps writes it (ASCII only: the messages quote targets,
 /// which the framing policy limits to visible ASCII).
+/// contract.error: the message as given (the callers clip what a client controls, as
+/// contract.py does: the path to 200 characters, the method to 20).
 pub fn error(status: u16, message: &str) -> Response {
-    let text: String = message.chars().take(200).collect();
-    Response::json(status, format!("{{\"error\":{}}}", json_string(&text)))
+    Response::json(status, format!("{{\"error\":{}}}", json_string(message)))
 }
 
 /// A JSON string as Python's json.dumps (ensure_ascii) writes it.

@@ -25,10 +25,11 @@
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::io;
+use std::os::unix::io::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -66,6 +67,28 @@ pub struct ConnShared {
     pub body_timed_out: AtomicBool,
     /// Requests handed to the service whose response is not finished.
     pub in_flight: AtomicUsize,
+    /// The gate's reader while it waits with a request in flight (no timeout runs then): the
+    /// last request's end wakes it, so that the idle timeout starts (hyper does not read
+    /// again by itself: its read is already parked on the socket).
+    pub reader: Mutex<Option<Waker>>,
+    /// The client's address, for the log, and the socket, for the watch on long plans.
+    pub peer: String,
+    pub fd: RawFd,
+}
+
+impl ConnShared {
+    pub fn new(peer: String, fd: RawFd) -> ConnShared {
+        ConnShared { peer, fd, ..ConnShared::default() }
+    }
+
+    /// A request's response is finished: if it was the last in flight, the idle wait begins.
+    pub fn request_done(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(waker) = self.reader.lock().unwrap().take() {
+                waker.wake();
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -339,10 +362,14 @@ impl AsyncRead for Gate {
                     return Poll::Ready(Err(e));
                 }
                 Poll::Pending => {
-                    return match this.poll_timer(cx) {
-                        Some(timed_out) => Poll::Ready(Err(timed_out)),
-                        None => Poll::Pending,
+                    if let Some(timed_out) = this.poll_timer(cx) {
+                        return Poll::Ready(Err(timed_out));
                     }
+                    if this.timer.is_none() {
+                        // No wait is timed (a request is in flight): be woken at its end.
+                        *this.shared.reader.lock().unwrap() = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
                 }
             }
         }

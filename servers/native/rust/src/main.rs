@@ -52,7 +52,7 @@ struct Options {
 
 /// One line on stderr, exit 2: a problem the user can fix.
 fn fail(message: &str) -> ! {
-    eprintln!("stackbench: {}", message);
+    eprintln!("stackbench: error: {}", message); // as the Python CLI (argparse) says it
     std::process::exit(2);
 }
 

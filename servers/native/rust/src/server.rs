@@ -12,7 +12,10 @@ use hyper::body::{Bytes, HttpBody};
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SERVER};
 use hyper::service::service_fn;
 use hyper::{Body, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -95,7 +98,7 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.app.telemetry.request_finished(self.route, &self.method, self.status, self.started);
-        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.shared.request_done();
     }
 }
 
@@ -205,13 +208,68 @@ fn complete(app: &App, response: Response, head: bool, close: bool, guard: Optio
     builder.body(RespBody::full(body, guard)).unwrap()
 }
 
-/// The echo's content type, as received (obs-text included).
-fn echo_response(body: Vec<u8>, content_type: &Option<Vec<u8>>) -> Response {
-    let mut response = Response::new(200, body, "application/octet-stream");
-    if let Some(value) = content_type {
-        response.content_type = value.iter().map(|&b| b as char).collect();
+/// The echo's content type: the received bytes unchanged (obs-text included), or
+/// application/octet-stream when the field is absent or empty.
+fn echo_type(content_type: &Option<Vec<u8>>) -> Option<HeaderValue> {
+    match content_type {
+        Some(value) if !value.is_empty() => HeaderValue::from_bytes(value).ok(),
+        _ => None,
     }
-    response
+}
+
+/// The client left mid-request: the service fails, so hyper closes the connection and
+/// writes nothing (499 is only the metric's label, as on every server); the request's guard,
+/// dropped with it, records the 499.
+#[derive(Debug)]
+pub struct ClientGone;
+
+impl std::fmt::Display for ClientGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("client closed request")
+    }
+}
+
+impl std::error::Error for ClientGone {}
+
+/// Resolves once the client has closed its side of the connection (end of file, or a reset),
+/// as the trio server's watch does during a plan that waits: the wait is then cancelled and
+/// the request recorded as 499. A client that sends more (a pipelined request) is still there:
+/// then it never resolves. It watches a duplicate of the socket's descriptor, peeking, so
+/// that nothing hyper (through the gate) would read is taken; hyper itself does not read
+/// mid-request (the connection allows half-closes, see `connection`).
+async fn client_leaves(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor this connection owns (open while its request runs).
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return std::future::pending().await;
+    }
+    // SAFETY: dup is a fresh descriptor that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+    let watched = match AsyncFd::with_interest(owned, Interest::READABLE) {
+        Ok(watched) => watched,
+        Err(_) => return std::future::pending().await,
+    };
+    loop {
+        let mut ready = match watched.readable().await {
+            Ok(ready) => ready,
+            Err(_) => return std::future::pending().await,
+        };
+        let mut byte = 0u8;
+        // SAFETY: a one-byte buffer that lives across the call.
+        let n = unsafe {
+            libc::recv(dup, &mut byte as *mut u8 as *mut libc::c_void, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        };
+        if n == 0 {
+            return;
+        }
+        if n > 0 {
+            return std::future::pending().await;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+            return; // reset: gone too
+        }
+        ready.clear_ready();
+    }
 }
 
 enum BodyEnd {
@@ -241,21 +299,30 @@ async fn read_body(body: &mut Body, keep: bool) -> BodyEnd {
 }
 
 /// Serve one request hyper parsed from the gate's canonical head, with its Meta.
-async fn respond(app: Arc<App>, shared: Arc<ConnShared>, meta: Option<Meta>, request: Request<Body>) -> HttpResponse {
+async fn respond(
+    app: Arc<App>,
+    shared: Arc<ConnShared>,
+    meta: Option<Meta>,
+    request: Request<Body>,
+) -> Result<HttpResponse, ClientGone> {
     let meta = match meta {
         Some(meta) => meta,
         None => {
             // The gate hands hyper nothing without its Meta: a bug, answered, not a panic.
             shared.in_flight.fetch_add(1, Ordering::AcqRel);
             let guard = RequestGuard::new(&app, &shared, contract::OTHER_ROUTE, "other");
-            return complete(&app, contract::error(500, "internal error"), false, true, Some(guard));
+            return Ok(complete(&app, contract::error(500, "internal error"), false, true, Some(guard)));
         }
     };
     if let Some(rejection) = &meta.refusal {
-        eprintln!("stackbench {}: refused {}: {}", app.impl_name, rejection.status, rejection.message);
+        // As lifecycle.log_refusal words it.
+        eprintln!(
+            "stackbench {}: refused {} from {}: {}",
+            app.impl_name, rejection.status, shared.peer, rejection.message
+        );
         let guard = RequestGuard::new(&app, &shared, contract::OTHER_ROUTE, "other");
         let response = contract::error(rejection.status, &rejection.message).closing();
-        return complete(&app, response, meta.head_method, true, Some(guard));
+        return Ok(complete(&app, response, meta.head_method, true, Some(guard)));
     }
     let started = app.telemetry.request_started(); // before the plan: planning /cpu is its work
     let (route, plan) = contract::plan(&meta.method, &meta.target);
@@ -265,7 +332,7 @@ async fn respond(app: Arc<App>, shared: Arc<ConnShared>, meta: Option<Meta>, req
     let mut body = request.into_body();
     let client_gone = |guard: RequestGuard| {
         drop(guard); // recorded as 499
-        complete(&app, contract::error(499, "client closed request"), false, true, None)
+        ClientGone
     };
     let broken = |shared: &ConnShared| {
         if shared.peer_eof.load(Ordering::Acquire) {
@@ -277,25 +344,29 @@ async fn respond(app: Arc<App>, shared: Arc<ConnShared>, meta: Option<Meta>, req
         }
     };
     if let Plan::Echo = plan {
-        let response = match read_body(&mut body, true).await {
-            BodyEnd::Done(data) => echo_response(data, &meta.content_type),
-            BodyEnd::TooLarge => contract::too_large(),
+        let (response, echoed) = match read_body(&mut body, true).await {
+            BodyEnd::Done(data) => (Response::new(200, data, "application/octet-stream"), echo_type(&meta.content_type)),
+            BodyEnd::TooLarge => (contract::too_large(), None),
             BodyEnd::Failed => match broken(&shared) {
-                Some(response) => response,
-                None => return client_gone(guard),
+                Some(response) => (response, None),
+                None => return Err(client_gone(guard)),
             },
         };
-        return complete(&app, response, head, close, Some(guard));
+        let mut answer = complete(&app, response, head, close, Some(guard));
+        if let Some(value) = echoed {
+            answer.headers_mut().insert(CONTENT_TYPE, value);
+        }
+        return Ok(answer);
     }
     // A body nobody asked for is read and dropped, unless the client waits for a 100
     // Continue nothing will send (then the connection closes after the response).
     if !body.is_end_stream() && !meta.expect_continue {
         match read_body(&mut body, false).await {
             BodyEnd::Done(_) => (),
-            BodyEnd::TooLarge => return complete(&app, contract::too_large(), head, close, Some(guard)),
+            BodyEnd::TooLarge => return Ok(complete(&app, contract::too_large(), head, close, Some(guard))),
             BodyEnd::Failed => match broken(&shared) {
-                Some(response) => return complete(&app, response, head, close, Some(guard)),
-                None => return client_gone(guard),
+                Some(response) => return Ok(complete(&app, response, head, close, Some(guard))),
+                None => return Err(client_gone(guard)),
             },
         }
     }
@@ -303,12 +374,16 @@ async fn respond(app: Arc<App>, shared: Arc<ConnShared>, meta: Option<Meta>, req
         Plan::Reply(response) => response,
         Plan::Metrics => app.telemetry.exposition(),
         Plan::Sleep { ms } => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            contract::sleep_response(ms)
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => contract::sleep_response(ms),
+                _ = client_leaves(shared.fd) => return Err(client_gone(guard)),
+            }
         }
         Plan::Fanout { children, ms } => {
-            fanout(&app.live, children, ms).await;
-            contract::fanout_response(children, ms)
+            tokio::select! {
+                _ = fanout(&app.live, children, ms) => contract::fanout_response(children, ms),
+                _ = client_leaves(shared.fd) => return Err(client_gone(guard)),
+            }
         }
         Plan::Blocking { ms, offload, kind } => {
             if offload {
@@ -321,21 +396,24 @@ async fn respond(app: Arc<App>, shared: Arc<ConnShared>, meta: Option<Meta>, req
             contract::blocking_response(ms, offload, kind)
         }
         Plan::Upstream { calls, ms } => match &app.upstream {
-            Some(upstream) => upstream.call_all(calls, ms, &app.live).await,
+            Some(upstream) => tokio::select! {
+                answer = upstream.call_all(calls, ms, &app.live) => answer,
+                _ = client_leaves(shared.fd) => return Err(client_gone(guard)),
+            },
             None => contract::error(503, "no upstream configured: start the server with --upstream URL"),
         },
         Plan::Stream { chunks, ms } => {
             let builder = head_of(&app, 200, contract::TEXT, close);
             if head {
                 guard.status = 200;
-                return builder.body(RespBody::full(Vec::new(), Some(guard))).unwrap();
+                return Ok(builder.body(RespBody::full(Vec::new(), Some(guard))).unwrap());
             }
             let inner = Inner::Stream { next: 0, chunks, ms, pause: None };
-            return builder.body(RespBody { inner, guard: Some(guard) }).unwrap();
+            return Ok(builder.body(RespBody { inner, guard: Some(guard) }).unwrap());
         }
         Plan::Echo => unreachable!(),
     };
-    complete(&app, response, head, close, Some(guard))
+    Ok(complete(&app, response, head, close, Some(guard)))
 }
 
 /// K children that each wait `ms`, in a JoinSet: dropping it (the client left, so hyper
@@ -380,7 +458,8 @@ pub fn legacy_blocking_call(ms: u64, kind: Kind) {
 pub async fn connection(app: Arc<App>, stream: TcpStream, mut draining: watch::Receiver<bool>) {
     let _task = TaskGuard::new(&app.live);
     let _open = ConnectionGuard(app.live.clone());
-    let shared = Arc::new(ConnShared::default());
+    let peer = stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "?".to_string());
+    let shared = Arc::new(ConnShared::new(peer, stream.as_raw_fd()));
     let gate = Gate::new(stream, shared.clone(), app.timeouts);
     let service = {
         let app = app.clone();
@@ -393,12 +472,18 @@ pub async fn connection(app: Arc<App>, stream: TcpStream, mut draining: watch::R
             }
             let app = app.clone();
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(respond(app, shared, meta, request).await) }
+            respond(app, shared, meta, request)
         })
     };
     let conn = hyper::server::conn::Http::new()
         .http1_only(true)
         .http1_keep_alive(true)
+        // A client that half-closes (shutdown(SHUT_WR), `nc -N`, a request sent with its
+        // end of file) still reads: its request is served, as on every server. Without this
+        // hyper takes the end of file for the client gone and drops the request unanswered
+        // and unrecorded. A client that leaves while a plan waits is caught by
+        // client_leaves instead.
+        .http1_half_close(true)
         .http1_title_case_headers(true)
         .serve_connection(gate, service);
     tokio::pin!(conn);

@@ -153,6 +153,13 @@ def _built(impl: str, progress=_progress) -> Path:
         started = time.monotonic()
         partial = out_dir / f".{out.name}.partial"
         command, env = server.build_command(partial)
+        if impl == "rust-hyper":
+            # cargo judges what to rebuild by file times, and the cache is keyed by contents:
+            # after a checkout that restored older times, it could hand back the binary of
+            # other sources under this key. Touched, the crate is rebuilt (its dependencies
+            # are not).
+            for source in server.sources():
+                os.utime(source)
         try:
             done = subprocess.run(command, cwd=server.source, env=env, capture_output=True,
                                   text=True, check=False)  # fmt: skip

@@ -141,7 +141,12 @@ class _ResponseEvents:
         if event is None:
             event = h11.Response(
                 status_code=response.status,
-                headers=response_headers(impl, response),
+                # As bytes: h11 encodes str values as ASCII, and /echo gives back a client's
+                # Content-Type byte for byte (obs-text included: it answered 500 on those).
+                headers=[
+                    (name.encode("latin-1"), value.encode("latin-1"))
+                    for name, value in response_headers(impl, response)
+                ],
                 reason=reason(response.status),
             )
             if len(events) < self.LIMIT:

@@ -277,8 +277,9 @@ def _half_closed_exchange(port: int, wire: bytes) -> bytes:
         return answer
 
 
-# aiohttp (handler_cancellation=True) takes a client's end-of-file for the client gone: it
-# cancels the request and answers nothing (the README says so). Every other server answers.
+# aiohttp (handler_cancellation=True) may take a client's end-of-file for the client gone,
+# cancel the request and answer nothing (it races the end-of-file against the handler; the
+# README says so). Every other server answers, always.
 HALF_CLOSE_IS_GONE = frozenset({"aiohttp"})
 
 
@@ -296,9 +297,8 @@ def test_a_request_sent_with_its_end_of_file_is_answered(server: ServerProcess) 
 
     before = served()
     answer = _half_closed_exchange(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")
-    if server.impl in HALF_CLOSE_IS_GONE:
-        assert answer == b"", answer[:100]  # README: aiohttp takes end-of-file for a leave
-        return
+    if server.impl in HALF_CLOSE_IS_GONE and not answer:
+        return  # README: aiohttp may take the end-of-file for the client gone
     assert answer.startswith(b"HTTP/1.") and b" 200 " in answer.split(b"\r\n")[0], answer[:100]
     assert answer.endswith(b"ok"), answer[-100:]
     assert wait_until(lambda: served() == before + 1, timeout=5)
@@ -306,8 +306,7 @@ def test_a_request_sent_with_its_end_of_file_is_answered(server: ServerProcess) 
 
 def test_an_http11_request_then_a_half_close_is_answered(server: ServerProcess) -> None:
     answer = _half_closed_exchange(server.port, b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n")
-    if server.impl in HALF_CLOSE_IS_GONE:
-        assert answer == b"", answer[:100]
+    if server.impl in HALF_CLOSE_IS_GONE and not answer:
         return
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
 

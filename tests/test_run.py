@@ -30,9 +30,10 @@ from loadtest.orchestrator.serverproc import ServerProcess
 from loadtest.records import SCHEMA_PATH
 from loadtest.reporting.verdict import C_BOUNDARY, CLAIMS
 
-# Measuring tests run one after another on one xdist worker, and these with the machine to
-# themselves: whether Locust was the limit is judged by its CPU share (tests/conftest.py).
-pytestmark = [pytest.mark.xdist_group("measuring"), pytest.mark.usefixtures("machine_alone")]
+# Measuring tests run one after another on one xdist worker; the runs whose figures judge
+# the driver's saturation or rank the servers (the smoke run, the C-boundary run) with the
+# machine to themselves (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("measuring")
 
 ROOT = Path(__file__).resolve().parent.parent
 # One server of each model: the pipeline is the same for every server (trio and the other tiers
@@ -441,7 +442,7 @@ def test_locust_refuses_a_target_that_is_not_loopback(tmp_path: Path) -> None:
     assert "not a loopback address" in done.stderr and "STACKBENCH_ALLOW_REMOTE" in done.stderr
 
 
-def test_tier_run_shows_the_c_boundary_in_every_model(tmp_path: Path) -> None:
+def test_tier_run_shows_the_c_boundary_in_every_model(tmp_path: Path, machine_alone: None) -> None:
     """The runtime tier (one h11 core on each runtime) and the native archetypes: an inline C
     call stalls gevent as it stalls the explicit-await loops and tokio, and stalls nothing on
     threads, nor on Go, whose runtime hands a goroutine blocked in cgo's thread's P to another

@@ -19,6 +19,7 @@ Dockerfile does both: it builds in one stage and runs the binaries in a stage wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -159,7 +160,8 @@ def _built(impl: str, progress=_progress) -> Path:
             # other sources under this key. Touched, the crate is rebuilt (its dependencies
             # are not).
             for source in server.sources():
-                os.utime(source)
+                with contextlib.suppress(OSError):  # a read-only install: built once anyway
+                    os.utime(source)
         try:
             done = subprocess.run(command, cwd=server.source, env=env, capture_output=True,
                                   text=True, check=False)  # fmt: skip

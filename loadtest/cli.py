@@ -341,18 +341,8 @@ def _serve(args: argparse.Namespace) -> None:
     # Import the server first: gevent's must monkey-patch before the rest loads.
     server = importlib.import_module(SERVER_MODULES[args.impl])
     from servers.lifecycle import ServeError, ServeOptions
-    from servers.upstream import DEFAULT_POOL, DEFAULT_TIMEOUT_S, UpstreamConfig
 
-    upstream = None
-    if args.upstream is not None:
-        try:
-            upstream = UpstreamConfig.parse(
-                args.upstream, args.upstream_pool, args.upstream_timeout
-            )
-        except ValueError as exc:
-            _fail(str(exc))
-    elif (args.upstream_pool, args.upstream_timeout) != (DEFAULT_POOL, DEFAULT_TIMEOUT_S):
-        _fail("--upstream-pool and --upstream-timeout need --upstream URL")
+    upstream = _upstream(args)
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -371,11 +361,24 @@ def _serve(args: argparse.Namespace) -> None:
         _fail(str(exc))
 
 
+def _upstream(args: argparse.Namespace):  # -> servers.upstream.UpstreamConfig | None
+    """`--upstream` and its settings, checked alike for every server."""
+    from servers.upstream import DEFAULT_POOL, DEFAULT_TIMEOUT_S, UpstreamConfig
+
+    if args.upstream is not None:
+        try:
+            return UpstreamConfig.parse(args.upstream, args.upstream_pool, args.upstream_timeout)
+        except ValueError as exc:
+            _fail(str(exc))
+    if (args.upstream_pool, args.upstream_timeout) != (DEFAULT_POOL, DEFAULT_TIMEOUT_S):
+        _fail("--upstream-pool and --upstream-timeout need --upstream URL")
+    return None
+
+
 def _exec_native(args: argparse.Namespace) -> None:
     """Replace this process with the native server (built first if need be), so that the pid
     the orchestrator pins and measures is the server's own."""
     from servers.native import NativeBuildError, exec_argv
-    from servers.upstream import DEFAULT_POOL, DEFAULT_TIMEOUT_S, UpstreamConfig
 
     options = [
         "--host", args.host, "--port", str(args.port),
@@ -385,18 +388,10 @@ def _exec_native(args: argparse.Namespace) -> None:
     ]  # fmt: skip
     if not args.metrics:
         options.append("--no-metrics")
-    if args.upstream is not None:
-        try:
-            upstream = UpstreamConfig.parse(
-                args.upstream, args.upstream_pool, args.upstream_timeout
-            )
-        except ValueError as exc:
-            _fail(str(exc))
+    if (upstream := _upstream(args)) is not None:
         options += ["--upstream", upstream.url,
                     "--upstream-pool", str(upstream.pool),
                     "--upstream-timeout", f"{upstream.timeout:g}"]  # fmt: skip
-    elif (args.upstream_pool, args.upstream_timeout) != (DEFAULT_POOL, DEFAULT_TIMEOUT_S):
-        _fail("--upstream-pool and --upstream-timeout need --upstream URL")
     try:
         argv = exec_argv(args.impl, options)
     except NativeBuildError as exc:

@@ -3,6 +3,7 @@ where the test is about the bytes on the wire (pipelining, chunked bodies, disco
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import time
@@ -57,6 +58,24 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def half_closed_exchange(
+    port: int,
+    data: bytes,
+    timeout: float = 5.0,
+    tolerate: tuple[type[OSError], ...] = (ConnectionResetError,),
+) -> bytes:
+    """Send `data`, half-close (as `nc -N` does) and read until the server closes, ending quietly
+    on the errors in `tolerate`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        with contextlib.suppress(*tolerate):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
 
 
 def metrics(port: int) -> dict[str, object]:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from http_corpus import ACCEPTED, CORPUS, HIDDEN, Case, statuses
-from httpclient import get, sample_value, wait_until
+from httpclient import get, half_closed_exchange, sample_value, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -265,18 +265,6 @@ def test_a_client_leaving_mid_body_is_recorded_as_499(impl: str) -> None:
         )
 
 
-def _half_closed_exchange(port: int, wire: bytes) -> bytes:
-    """Send `wire`, half-close (as `nc -N` does), read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
-        sock.sendall(wire)
-        sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                answer += chunk
-        return answer
-
-
 # aiohttp (handler_cancellation=True) may take a client's end-of-file for the client gone,
 # cancel the request and answer nothing (it races the end-of-file against the handler; the
 # README says so). Every other server answers, always.
@@ -296,7 +284,7 @@ def test_a_request_sent_with_its_end_of_file_is_answered(server: ServerProcess) 
         )
 
     before = served()
-    answer = _half_closed_exchange(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    answer = half_closed_exchange(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")
     if server.impl in HALF_CLOSE_IS_GONE and not answer:
         return  # README: aiohttp may take the end-of-file for the client gone
     assert answer.startswith(b"HTTP/1.") and b" 200 " in answer.split(b"\r\n")[0], answer[:100]
@@ -305,7 +293,7 @@ def test_a_request_sent_with_its_end_of_file_is_answered(server: ServerProcess) 
 
 
 def test_an_http11_request_then_a_half_close_is_answered(server: ServerProcess) -> None:
-    answer = _half_closed_exchange(server.port, b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n")
+    answer = half_closed_exchange(server.port, b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n")
     if server.impl in HALF_CLOSE_IS_GONE and not answer:
         return
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
@@ -336,7 +324,7 @@ def test_a_client_leaving_mid_body_is_written_nothing(server: ServerProcess) -> 
 
     before = left()
     wire = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
-    assert _half_closed_exchange(server.port, wire) == b""
+    assert half_closed_exchange(server.port, wire) == b""
     assert wait_until(lambda: left() == before + 1, timeout=5)
 
 

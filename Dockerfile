@@ -11,9 +11,9 @@ COPY servers ./servers
 COPY loadtest ./loadtest
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-# go-nethttp and rust-hyper (servers/native/), compiled offline from Debian's Go and Rust
-# toolchains and crates: the packages `make system-deps` installs (`make -s native-packages`
-# lists them), on the final stage's Debian, so the binaries find the same libc there. cgo and
+# go-nethttp and rust-hyper (servers/native/) and the rate driver (loadtest/rate/), compiled
+# offline from Debian's Go and Rust toolchains and crates (and gcc): the packages `make
+# system-deps` installs (`make -s native-packages` lists them), on the final stage's Debian, so the binaries find the same libc there. cgo and
 # rustc's linker want the C compiler of build-essential.
 FROM python:3.11-slim AS native
 WORKDIR /src
@@ -24,13 +24,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY servers/__init__.py ./servers/
 COPY servers/native ./servers/native
+COPY loadtest/rate/stackbench_rate.c ./loadtest/rate/
 RUN python -m servers.native --install-to /native
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 stackbench
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-# The native servers, prebuilt: `stackbench serve go-nethttp` execs
+# The native servers and the rate driver, prebuilt: `stackbench serve go-nethttp` execs
 # /opt/stackbench/native/go-nethttp as it is (servers/native/__init__.py), with no toolchain.
 COPY --from=native /native /opt/stackbench/native
 ENV STACKBENCH_NATIVE_PREBUILT=/opt/stackbench/native

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import servers.native as native
-from servers.native import NATIVE_SERVERS, PREBUILT_ENV, NativeBuildError, binary, install
+from servers.native import NATIVE_SERVERS, PREBUILT_ENV, PROGRAMS, NativeBuildError, binary, install
 
 ROOT = Path(__file__).resolve().parent.parent
 # Prints the argv it was started with, one argument a line, as the real server would receive it.
@@ -76,7 +76,7 @@ def test_a_missing_tool_is_a_one_line_error_naming_its_packages(
         NATIVE_SERVERS["rust-hyper"], source=tmp_path / "rust",
         tools=("/usr/bin/rustc", str(tmp_path / "no-cargo")),
     )  # fmt: skip
-    monkeypatch.setitem(NATIVE_SERVERS, "rust-hyper", missing)
+    monkeypatch.setitem(PROGRAMS, "rust-hyper", missing)
     with pytest.raises(NativeBuildError) as error:
         binary("rust-hyper")
     message = str(error.value)
@@ -90,7 +90,7 @@ def test_missing_sources_are_a_one_line_error(
     monkeypatch.delenv(PREBUILT_ENV, raising=False)
     monkeypatch.setenv("STACKBENCH_NATIVE_CACHE", str(tmp_path / "cache"))
     gone = dataclasses.replace(NATIVE_SERVERS["rust-hyper"], source=tmp_path / "rust")
-    monkeypatch.setitem(NATIVE_SERVERS, "rust-hyper", gone)
+    monkeypatch.setitem(PROGRAMS, "rust-hyper", gone)
     with pytest.raises(NativeBuildError, match=r"^rust-hyper has no sources: .*/rust is missing$"):
         binary("rust-hyper")
 
@@ -99,19 +99,19 @@ def test_install_copies_each_built_binary_to_the_prebuilt_layout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = tmp_path / "cache"
-    built = {impl: _fake(cache, f"{impl}-0123456789abcdef") for impl in NATIVE_SERVERS}
+    built = {impl: _fake(cache, f"{impl}-0123456789abcdef") for impl in PROGRAMS}
     monkeypatch.setattr(native, "_built", lambda impl, progress=None: built[impl])
     # A prebuilt directory already set is not what install copies: it builds from source.
     monkeypatch.setenv(PREBUILT_ENV, str(tmp_path / "elsewhere"))
     _fake(tmp_path / "elsewhere", "go-nethttp").write_text("#!/bin/sh\nexit 1\n")
     into = tmp_path / "opt" / "native"
     native.main(["--install-to", str(into)])
-    for impl in NATIVE_SERVERS:
+    for impl in PROGRAMS:  # the servers and the rate driver
         assert (into / impl).read_text() == FAKE_SERVER
         assert os.access(into / impl, os.X_OK)
-    assert sorted(p.name for p in into.iterdir()) == sorted(NATIVE_SERVERS)  # no partial left
+    assert sorted(p.name for p in into.iterdir()) == sorted(PROGRAMS)  # no partial left
     monkeypatch.setenv(PREBUILT_ENV, str(into))
-    assert {impl: binary(impl) for impl in NATIVE_SERVERS} == install(into)
+    assert {impl: binary(impl) for impl in PROGRAMS} == install(into)
 
 
 def test_a_failed_build_is_one_line_and_exit_status_1(

@@ -1,4 +1,5 @@
-"""The native tier: Go net/http and Rust tokio/hyper serving the same contract, built from source.
+"""The native tier: Go net/http and Rust tokio/hyper serving the same contract, built from source;
+and the rate driver (loadtest/rate/, C), built the same way.
 
 `stackbench serve go-nethttp` (or `rust-hyper`) builds the server on first use with the
 toolchain and libraries Debian packages (`make system-deps` installs them), keeps the binary in
@@ -33,6 +34,8 @@ from pathlib import Path
 __all__ = [
     "NATIVE_SERVERS",
     "PREBUILT_ENV",
+    "PROGRAMS",
+    "RATE_DRIVER",
     "NativeBuildError",
     "binary",
     "build_all",
@@ -58,16 +61,24 @@ class NativeServer:
     toolchain: tuple[str, ...]  # prints the version the cache key includes
     tools: tuple[str, ...]  # what the build runs (Debian ships rustc and cargo apart)
     packages: str  # the Debian packages that provide the toolchain and libraries
+    # Only files with these suffixes are sources (a directory shared with Python code), if set.
+    suffixes: tuple[str, ...] = ()
 
     def sources(self) -> list[Path]:
         skip = {"target", ".git", "Cargo.lock"}  # Cargo.lock: written by the build
         return sorted(
             p for p in self.source.rglob("*")
             if p.is_file() and not skip.intersection(p.relative_to(self.source).parts)
+            and (not self.suffixes or p.suffix in self.suffixes)
         )  # fmt: skip
 
     def build_command(self, out: Path) -> tuple[list[str], dict[str, str]]:
         env = dict(os.environ)
+        if self.impl == RATE_DRIVER:
+            # gcc and libc only (no library: see the source's header), so any machine that
+            # builds Python packages builds it, in about a second.
+            source = self.source / "stackbench_rate.c"
+            return [self.tools[0], "-O2", "-Wall", "-o", str(out), str(source), "-lm"], env
         if self.impl == "go-nethttp":
             env.update(GO111MODULE="off", GOPATH="/usr/share/gocode", GOFLAGS="",
                        GOCACHE=str(out.parent / "go-build-cache"))  # fmt: skip
@@ -90,6 +101,16 @@ NATIVE_SERVERS = {
         ("/usr/bin/rustc", "/usr/bin/cargo"),
         "rustc cargo librust-tokio-dev librust-hyper-dev librust-prometheus-dev "
         "librust-prometheus+process-dev librust-sha2-dev librust-form-urlencoded-dev",
+    ),
+}  # fmt: skip
+# The load generator of `stackbench run`'s rate sweep: not a server, but built, cached, installed
+# and prebuilt like the native servers (the Docker image carries it beside them).
+RATE_DRIVER = "stackbench-rate"
+PROGRAMS = {
+    **NATIVE_SERVERS,
+    RATE_DRIVER: NativeServer(
+        RATE_DRIVER, HERE.parent.parent / "loadtest" / "rate", ("/usr/bin/gcc", "--version"),
+        ("/usr/bin/gcc",), "gcc libc6-dev", suffixes=(".c",),
     ),
 }  # fmt: skip
 
@@ -140,7 +161,7 @@ def binary(impl: str, progress=_progress) -> Path:
 
 
 def _built(impl: str, progress=_progress) -> Path:
-    server = NATIVE_SERVERS[impl]
+    server = PROGRAMS[impl]
     out_dir = _cache_dir() / impl
     out = out_dir / f"{impl}-{_key(server)}"
     if out.exists():  # only ever there whole: it is renamed into place
@@ -182,13 +203,13 @@ def _built(impl: str, progress=_progress) -> Path:
 
 
 def build_all() -> dict[str, Path]:
-    return {impl: binary(impl) for impl in NATIVE_SERVERS}
+    return {impl: binary(impl) for impl in PROGRAMS}
 
 
 def install(into: Path, progress=_progress) -> dict[str, Path]:
     """Build every server from its sources (never a prebuilt binary) and copy each binary to
     `into`/<impl>, the layout $STACKBENCH_NATIVE_PREBUILT reads."""
-    built = {impl: _built(impl, progress) for impl in NATIVE_SERVERS}
+    built = {impl: _built(impl, progress) for impl in PROGRAMS}
     into.mkdir(parents=True, exist_ok=True)
     installed = {}
     for impl, path in built.items():
@@ -208,7 +229,8 @@ def exec_argv(impl: str, options: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m servers.native",
-        description="Build the native servers (or find them built) and print where they are.",
+        description="Build the native servers and the rate driver (or find them built) and "
+        "print where they are.",
     )
     parser.add_argument(
         "--install-to", type=Path, metavar="DIR",

@@ -232,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="measure the servers side by side and write results and an HTML report",
-        description="Start each server in turn pinned to one CPU, drive it with Locust on "
-        "another, sample everything to disk, and write results.json and report.html.",
+        description="Start each server in turn pinned to one CPU, drive it on another (Locust "
+        "for the behavioural scenarios, the rate driver for the rate sweep, raw held "
+        "connections for memory), sample everything to disk, and write results.json and "
+        "report.html.",
     )
     run.add_argument(
         "--tier",
@@ -247,18 +249,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--servers",
         help=f"comma-separated, instead of a tier (default: {','.join(STACK_TIER)})",
     )
+    quick = PROFILES["quick"].scenarios
     run.add_argument(
         "--scenarios",
-        default=",".join(CORE_SCENARIOS),
-        help=f"comma-separated (default: {','.join(CORE_SCENARIOS)}; also: "
+        help=f"comma-separated (default: the profile's: {','.join(CORE_SCENARIOS)}, and in "
+        f"quick {','.join(quick)}, the rate sweep standing for Locust's plaintext; also: "
         f"{','.join(s for s in SCENARIOS if s not in CORE_SCENARIOS)})",
     )
     run.add_argument(
         "--profile",
         choices=list(PROFILES),
         default="quick",
-        help="how long and how hard: smoke (seconds), quick (< 4 min, default), "
+        help="how long and how hard: smoke (seconds), quick (< 4.5 min, default), "
         "standard (3 repeats), full",
+    )
+    run.add_argument(
+        "--slo-ms",
+        type=_slo_ms,
+        default=10.0,
+        metavar="MS",
+        help="the latency objective of the rate sweep: its sustainable throughput is the "
+        "highest offered rate served in full (achieved/offered >= 0.99) with a p99 from the "
+        "intended send within it (default 10)",
     )
     run.add_argument("--repeat", type=_count, help="repeat the whole run N times (medians)")
     run.add_argument(
@@ -441,6 +453,16 @@ def _live(args: argparse.Namespace) -> None:
         _fail(str(exc))
 
 
+def _slo_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.01 <= value <= 600_000:
+        raise argparse.ArgumentTypeError(f"must be milliseconds from 0.01 to 600000, not {text!r}")
+    return value
+
+
 def _workers(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 64:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of Locust workers (1-64)")
@@ -471,8 +493,12 @@ def _run(args: argparse.Namespace) -> None:
         servers = [s for s in args.servers.split(",") if s]
     else:
         servers = list(IMPLS if args.tier == "all" else TIERS[args.tier])
-    scenarios = [s for s in args.scenarios.split(",") if s]
     profile = PROFILES[args.profile]
+    scenarios = (
+        [s for s in args.scenarios.split(",") if s]
+        if args.scenarios is not None
+        else list(profile.scenarios)
+    )
     if args.step_seconds:
         profile = dataclasses.replace(profile, step_seconds=args.step_seconds)
     out = args.out or run.default_out()
@@ -486,6 +512,7 @@ def _run(args: argparse.Namespace) -> None:
             out=out,
             remote=remote,
             locust_workers=args.locust_workers,
+            slo_ms=args.slo_ms,
         )
         written = run.execute(plan)
     except run.RunError as exc:

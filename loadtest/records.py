@@ -30,6 +30,7 @@ __all__ = [
     "IdleProbe",
     "Line",
     "LinearFit",
+    "PlannedStep",
     "RecordError",
     "Results",
     "RouteFigures",
@@ -48,7 +49,7 @@ __all__ = [
     "utc_iso",
 ]
 
-RESULTS_SCHEMA = "stackbench.results/2"
+RESULTS_SCHEMA = "stackbench.results/3"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "results.schema.json"
 
 Model = Literal["closed", "open", "held"]
@@ -94,6 +95,12 @@ class ScenarioSpec(Record):
     step_seconds: float
     settle_seconds: float  # left out at the start of each level
     rate_per_stream: float | None = None
+    # The rate sweep (scenario `rate`): closed-loop capacity at `levels` connections, then
+    # open-loop steps at `common_rates` rates common to every server and at these fractions of
+    # each server's own capacity; the SLO that sustainable throughput is read against.
+    capacity_fractions: list[float] | None = None
+    common_rates: int | None = None
+    slo_ms: float | None = None
 
 
 def spec_name(scenario: str, model: str) -> str:
@@ -152,6 +159,18 @@ class RunHeader(Record):
     provenance: Provenance
 
 
+class PlannedStep(Record):
+    """A step of a driver that runs each level as a step of its own (the rate driver): its
+    connections and length, and the rate offered (None: closed loop), common to every server
+    of the run or a fraction of this server's measured capacity."""
+
+    connections: int
+    seconds: float
+    rate: float | None
+    common: bool = False
+    capacity_fraction: float | None = None
+
+
 class Event(Record):
     type: Literal["event"] = "event"
     event: Literal["started", "finished", "failed", "interrupted"]  # no key: the whole run
@@ -162,6 +181,7 @@ class Event(Record):
     exit_code: int | None = None
     # A scenario whose servers call an upstream: connections the upstream accepted meanwhile.
     upstream_connections: int | None = None
+    steps: list[PlannedStep] | None = None  # "started" of a run of steps (the rate driver)
 
 
 class ServerSnapshot(Record):
@@ -174,13 +194,16 @@ class ServerSnapshot(Record):
 
 
 class ClientSnapshot(Record):
-    """What one scrape of the Locust processes' /metrics said (cumulative, summed)."""
+    """What one scrape of the Locust processes' /metrics said (cumulative, summed), or one line
+    of the rate driver (cumulative since its step began)."""
 
-    users: float
+    users: float  # the rate driver: its connections
     intended: float
     dropped: float
     errors: float
     completed: float
+    # The rate driver's errors by kind (connect, reset, timeout, status, parse).
+    error_kinds: dict[str, float] | None = None
 
 
 class RouteHistograms(Record):
@@ -203,6 +226,12 @@ class Sample(Record):
     server_cpu_seconds: float | None  # utime + stime from /proc
     server_alive: bool
     driver_cpu_seconds: float | None
+    # The server's CPU to the nanosecond (its process CPU clock: every thread, dead ones too),
+    # where the run started it; /proc's ticks above stay as the cross-check.
+    server_cpu_ns_seconds: float | None = None
+    # The step of a driver that runs its load levels as steps of their own (the rate driver):
+    # samples are grouped by it instead of by the users gauge.
+    step: int | None = None
 
 
 class IdleProbe(Record):
@@ -213,6 +242,7 @@ class IdleProbe(Record):
     repeat: int
     seconds: float
     cpu_seconds: float
+    cpu_ns_seconds: float | None = None  # the same, from the process CPU clock
 
 
 class HeldPoint(Record):
@@ -295,12 +325,28 @@ class Step(Record):
     mean_ms: float | None
     p99_uncorrected_ms: float | None
     routes: dict[str, RouteFigures]
+    # The rate driver's steps: what was offered (open loop; None closed), how it was chosen
+    # ("common": a rate offered to every server of the run; else this fraction of the
+    # server's own measured capacity), its connections, errors by kind, and the percentiles
+    # from each request's actual send (what a closed-loop tool reports).
+    offered_rps: float | None = None
+    common: bool = False
+    capacity_fraction: float | None = None
+    connections: int | None = None
+    error_kinds: dict[str, float] | None = None
+    p50_uncorrected_ms: float | None = None
+    p999_uncorrected_ms: float | None = None
+    max_uncorrected_ms: float | None = None
     # The scheduler lag's p99 is only known to lie in one bucket of the server's histogram:
     # this is that bucket's upper bound.
     lag_p99_at_most_ms: float | None
     server_cpu: float  # cores busy (1.0 = one core), idle load subtracted
     cpu_us_per_request: float | None
-    cpu_us_error: float | None  # the /proc tick resolution, per request
+    cpu_us_error: float | None  # the accounting's resolution (ticks or ns), per request
+    cpu_source: Literal["ticks", "ns"] = "ticks"
+    # With ns accounting: the same figure from /proc's ticks, and its error (the cross-check).
+    cpu_us_ticks: float | None = None
+    cpu_us_ticks_error: float | None = None
     driver_cpu: float | None
     rss_bytes: float | None
     active_requests: float | None
@@ -333,6 +379,8 @@ class ScenarioRun(Record):
     # Every request in the exact histograms per route, ramps and the end included: what the
     # server's own request counter should say the run sent (none for the held probe)
     recorded_requests: dict[str, int] | None = None
+    # The rate sweep's open-loop run: the latency objective sustainable throughput is read at
+    slo_ms: float | None = None
 
 
 class Figure(Record):
@@ -350,10 +398,10 @@ class Figure(Record):
 
 
 class ServerHeadline(Record):
-    # Per scenario: server CPU per completed request at the busiest step where neither the
-    # server nor the driver was saturated, and the requests per second per core it implies.
+    # Per Locust scenario: server CPU per completed request at the busiest step where neither
+    # the server nor the driver was saturated (the level is in each Figure's at_rps). What a
+    # server can serve is measured, by the rate sweep (figures "capacity_rps" and others).
     cpu_us_per_request: dict[str, Figure]
-    capacity_rps_per_core: dict[str, Figure]
     figures: dict[str, Figure]
 
 

@@ -24,7 +24,6 @@ def figure(*values: float, driver_bound: bool = False) -> Figure:
 def headline(memory: tuple[float, ...], colouring: tuple[float, ...]) -> ServerHeadline:
     return ServerHeadline(
         cpu_us_per_request={},
-        capacity_rps_per_core={},
         figures={
             "held_bytes_per_request": figure(*memory),
             "coloring_probe_p99_ms": figure(*colouring),
@@ -72,13 +71,13 @@ def test_a_claim_the_run_cannot_decide_says_why_instead_of_a_verdict() -> None:
     )
     missing = readings({"gevent": headline(*GEVENT), "trio": headline(*TRIO)})
     assert missing["Stackless extracts more performance from the machine"].startswith(
-        "Not measured by this run: it needs plaintext"
+        "Not measured by this run: it needs rate"
     )
 
 
 def _parts(reading: str) -> tuple[str, frozenset[str]]:
     """A reading as its sentence proper and the set of items of a completing figure list."""
-    for _, lead, _ in ALSO.values():
+    for _, lead, *_ in ALSO.values():
         if lead in reading:
             head, _, rest = reading.partition(lead)
             items = rest.rstrip(".").removesuffix(" per call").split(",")
@@ -146,7 +145,7 @@ def test_natives_alone_do_not_decide_a_python_claim() -> None:
 def test_go_is_not_said_to_offload_and_no_ratio_is_negative() -> None:
     def with_figures(**figures: float) -> ServerHeadline:
         return ServerHeadline(
-            cpu_us_per_request={}, capacity_rps_per_core={},
+            cpu_us_per_request={},
             figures={name: figure(value) for name, value in figures.items()},
         )  # fmt: skip
 
@@ -159,11 +158,11 @@ def test_go_is_not_said_to_offload_and_no_ratio_is_negative() -> None:
     cpu = {
         "gevent": ServerHeadline(
             cpu_us_per_request={"plaintext": figure(100.0), "fanout": figure(90.0)},
-            capacity_rps_per_core={}, figures={},
+            figures={},
         ),
         "go-nethttp": ServerHeadline(
             cpu_us_per_request={"plaintext": figure(50.0), "fanout": figure(150.0)},
-            capacity_rps_per_core={}, figures={},
+            figures={},
         ),
     }  # fmt: skip
     fanout = next(r for r in verdict(cpu) if "fan-out" in r.claim).reading
@@ -175,7 +174,7 @@ def test_the_c_boundary_row_reads_each_archetype_at_its_ffi() -> None:
         figures = {"c_boundary_probe_p99_ms": figure(c)}
         if colouring is not None:
             figures["coloring_probe_p99_ms"] = figure(colouring)
-        return ServerHeadline(cpu_us_per_request={}, capacity_rps_per_core={}, figures=figures)
+        return ServerHeadline(cpu_us_per_request={}, figures=figures)
 
     run = {"go-nethttp": c_boundary(3.0, 4.5), "rust-hyper": c_boundary(None, 95.0)}
     row = verdict(run)[-1]

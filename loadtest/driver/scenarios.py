@@ -53,6 +53,9 @@ class Scenario:
     fits_memory: bool = False
     # The servers call an upstream (`/upstream`): the run starts one and counts its connections.
     needs_upstream: bool = False
+    # Who sends it in `stackbench run`: Locust (the users above), or the rate driver
+    # (loadtest/rate/: capacity at user_steps connections, then an open-loop sweep).
+    driver: str = "locust"
 
     def describe(self) -> list[str]:
         """What it sends, one line per kind of request: `weight x METHOD target`."""
@@ -77,6 +80,25 @@ SCENARIOS: dict[str, Scenario] = {
             user_steps=(1, 8, 32, 128),
             rate_steps=(500, 2000, 5000),
             figures=("ceiling_rps",),
+        ),
+        Scenario(
+            "rate",
+            "What can the server serve, and what does a request cost at equal offered load? "
+            "The rate driver (not Locust, which is slower than most servers) measures the "
+            "capacity closed-loop, then offers fixed rates open-loop, latency measured from "
+            "each request's intended send.",
+            (Request("GET", "/"), Request("GET", "/json")),
+            user_steps=(64,),  # connections, closed and open loop
+            rate_steps=(),  # relative to each server's capacity: the profile's sweep
+            figures=(
+                "capacity_rps",
+                "saturation_cpu_us",
+                "common_cpu_us",
+                "p99_at_50_ms",
+                "p99_at_90_ms",
+                "sustainable_rps",
+            ),
+            driver="rate",
         ),
         Scenario(
             "io_hold",

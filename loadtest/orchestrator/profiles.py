@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from loadtest.driver.scenarios import SCENARIOS
 
 CORE_SCENARIOS = (
-    "plaintext", "io_hold", "fanout", "starvation", "coloring", "c_boundary", "offload", "echo",
+    "plaintext", "rate", "io_hold", "fanout", "starvation", "coloring", "c_boundary", "offload",
+    "echo",
 )  # fmt: skip
 
 
@@ -21,6 +22,14 @@ class Profile:
     # The open-model pass: `starvation` at a fixed arrival rate (streams x rate each).
     open_streams: int = 4
     open_rate_per_stream: float = 50.0
+    # The scenarios run when none are named.
+    scenarios: tuple[str, ...] = CORE_SCENARIOS
+    # The rate sweep: which of the `rate` scenario's routes it sends, how many offered rates
+    # common to every server (up to half the slowest server's capacity), and the fractions of
+    # each server's own capacity it offers.
+    rate_routes: tuple[str, ...] = ("/", "/json")
+    rate_common: int = 4
+    rate_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1)
 
     def levels_for(self, scenario: str) -> tuple[int, ...]:
         return self.levels.get(scenario, SCENARIOS[scenario].user_steps)
@@ -48,6 +57,9 @@ PROFILES = {
             },
             open_streams=2,
             open_rate_per_stream=40.0,
+            rate_routes=("/",),
+            rate_common=1,
+            rate_fractions=(0.5, 1.1),
         ),
         # All servers and core scenarios in under 4 minutes on 2 cores.
         Profile(
@@ -69,6 +81,11 @@ PROFILES = {
                 "echo": (4,),  # below what saturates one Locust core
                 "mixed": (8, 32),
             },
+            # The rate sweep replaces Locust's plaintext here (its ceiling is Locust's own).
+            scenarios=tuple(s for s in CORE_SCENARIOS if s != "plaintext"),
+            rate_routes=("/",),
+            rate_common=2,
+            rate_fractions=(0.5, 0.9, 1.1),
         ),
         Profile("standard", step_seconds=10.0, repeat=3, open_streams=6),
         Profile(

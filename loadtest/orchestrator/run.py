@@ -1,17 +1,19 @@
-"""`stackbench run`: each server in turn on its own CPU, each scenario driven by Locust on the
-other CPU, everything sampled to disk as it happens, then results.json and report.html."""
+"""`stackbench run`: each server in turn on its own CPU, each scenario driven on the other CPU
+by its driver (Locust, the rate driver, or the held-connection probe: drivers.py), everything
+sampled to disk as it happens, then results.json and report.html. This module plans the steps
+and sequences them; the drivers run them."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import importlib.metadata
+import math
 import os
 import platform
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +24,17 @@ from typing import Any
 
 import psutil
 
-from loadtest.driver import settings
+from loadtest import rate
 from loadtest.driver.scenarios import SCENARIOS
-from loadtest.orchestrator import held
+from loadtest.orchestrator import held, locust_driver, rate_driver
+from loadtest.orchestrator.drivers import Job
 from loadtest.orchestrator.profiles import Profile
 from loadtest.orchestrator.remote import RemoteServer, process_figures
 from loadtest.orchestrator.sampling import (
     CPU_TICK_S,
     SAMPLE_INTERVAL_S,
     SampleLog,
-    Sampler,
+    cpu_ns_seconds,
     cpu_seconds,
     scrape,
 )
@@ -42,6 +45,7 @@ from loadtest.records import (
     HeldProbe,
     IdleProbe,
     Pinning,
+    PlannedStep,
     ProfileInfo,
     Provenance,
     RunHeader,
@@ -52,14 +56,17 @@ from loadtest.records import (
 )
 from loadtest.reporting import report, results
 from servers.contract import TIERS
+from servers.native import NativeBuildError
 
-LOCUSTFILES = Path(__file__).resolve().parent.parent / "locustfiles"
-LOCUST_START_TIMEOUT_S = 30.0
 FD_HEADROOM = 256
 OPEN_MODEL_SCENARIO = "starvation"  # the open-model pass: where stalls hide from closed loops
 HELD_SCENARIO = "io_hold"  # followed by memory per request measured without Locust
 UPSTREAM_IMPL = "aiohttp"  # what `/upstream` calls in a run (on uvloop): the cheapest server
 IDLE_SECONDS = 1.0  # how long each server's idle CPU (timers, our scrapes) is measured
+RATE_SCENARIO = "rate"  # capacity first (for every server: the common rates need them all)
+# The rate sweep's common rates: the 1-2-5 series, at most this fraction of the slowest
+# server's capacity, so that every server is well below its knee there.
+COMMON_RATE_CEILING = 0.5
 
 
 class RunError(Exception):
@@ -77,15 +84,19 @@ class Plan:
     # --locust-workers N: a Locust master and N worker processes (default: one worker per
     # driver CPU, or a lone Locust process where there is one)
     locust_workers: int | None = None
+    slo_ms: float = 10.0  # --slo-ms: the rate sweep's sustainable throughput is read at it
 
     def scenario_runs(self) -> list[tuple[str, str]]:
         """(scenario, model) pairs, in order: each scenario closed (io_hold followed by its
-        held-connection probe), then the open-model pass."""
+        held-connection probe, the rate sweep's capacity by its open-loop steps), then the
+        open-model pass."""
         runs = []
         for scenario in self.scenarios:
             runs.append((scenario, "closed"))
             if scenario == HELD_SCENARIO:
                 runs.append((scenario, "held"))
+            if scenario == RATE_SCENARIO:
+                runs.append((scenario, "open"))
         if OPEN_MODEL_SCENARIO in self.scenarios:
             runs.append((OPEN_MODEL_SCENARIO, "open"))
         return runs
@@ -99,14 +110,41 @@ class Plan:
         ]
 
     def levels(self, scenario: str, model: str) -> tuple[int, ...]:
-        if model == "open":
+        """Users per level (the rate driver: its connections, in every step)."""
+        if model == "open" and scenario != RATE_SCENARIO:
             return (self.profile.open_streams,)
         return self.profile.levels_for(scenario)
 
     def seconds(self, scenario: str, model: str) -> float:
         if model == "held":
             return held.expected_seconds(self.levels(scenario, model))
+        if scenario == RATE_SCENARIO and model == "open":
+            steps = self.profile.rate_common + len(self.profile.rate_fractions)
+            return steps * self.step_seconds(scenario)
         return len(self.levels(scenario, model)) * self.step_seconds(scenario)
+
+    def capacity_steps(self) -> list[rate.RateStep]:
+        return [
+            rate.RateStep(connections=c, seconds=self.step_seconds(RATE_SCENARIO))
+            for c in self.profile.levels_for(RATE_SCENARIO)
+        ]
+
+    def sweep_steps(self, capacity: float | None, slowest: float | None) -> list[rate.RateStep]:
+        """The open-loop steps of one server, in increasing rate: the run's common rates (from
+        the slowest server's capacity), then fractions of its own capacity."""
+        connections = max(self.profile.levels_for(RATE_SCENARIO))
+        seconds = self.step_seconds(RATE_SCENARIO)
+        steps = [
+            rate.RateStep(connections, seconds, rate=value, common=True)
+            for value in common_rates(slowest, self.profile.rate_common)
+        ]
+        if capacity:
+            steps += [
+                rate.RateStep(connections, seconds, rate=_round_rate(capacity * f),
+                              capacity_fraction=f)
+                for f in self.profile.rate_fractions
+            ]  # fmt: skip
+        return sorted(steps, key=lambda step: step.rate or 0.0)
 
     def step_seconds(self, scenario: str) -> float:
         """The profile's step, or longer where the scenario's requests need it to complete
@@ -116,12 +154,21 @@ class Plan:
     def scenario_specs(self) -> dict[str, ScenarioSpec]:
         specs = {}
         for scenario in self.scenarios:
+            sent = SCENARIOS[scenario]
+            if scenario == RATE_SCENARIO:
+                sent = rate_driver.scenario_for(self.profile.rate_routes)
             specs[scenario] = ScenarioSpec(
-                requests=SCENARIOS[scenario].describe(),
+                requests=sent.describe(),
                 levels=list(self.profile.levels_for(scenario)),
                 step_seconds=self.step_seconds(scenario),
                 settle_seconds=SCENARIOS[scenario].settle_seconds,
             )
+            if scenario == RATE_SCENARIO:
+                specs[spec_name(scenario, "open")] = specs[scenario].model_copy(update={
+                    "capacity_fractions": list(self.profile.rate_fractions),
+                    "common_rates": self.profile.rate_common,
+                    "slo_ms": self.slo_ms,
+                })  # fmt: skip
         if OPEN_MODEL_SCENARIO in self.scenarios:
             specs[spec_name(OPEN_MODEL_SCENARIO, "open")] = ScenarioSpec(
                 requests=SCENARIOS[OPEN_MODEL_SCENARIO].describe(),
@@ -131,6 +178,30 @@ class Plan:
                 rate_per_stream=self.profile.open_rate_per_stream,
             )
         return specs
+
+
+def _round_rate(value: float) -> float:
+    """Two significant digits: a rate a reader can name."""
+    if value <= 0:
+        return value
+    scale = 10 ** (math.floor(math.log10(value)) - 1)
+    return round(value / scale) * scale
+
+
+def common_rates(slowest: float | None, count: int) -> list[float]:
+    """`count` rates of the 1-2-5 series offered to every server: the highest at most
+    COMMON_RATE_CEILING of the slowest server's capacity, the others below it within a decade
+    (two: the highest and a fifth of it)."""
+    if not slowest or count < 1:
+        return []
+    top = COMMON_RATE_CEILING * slowest
+    decade = 10 ** math.floor(math.log10(top))
+    series = sorted(
+        (m * decade * 10**k for k in (-2, -1, 0) for m in (1, 2, 5) if m * decade * 10**k <= top),
+        reverse=True,
+    )
+    chosen = [series[0], series[2]] if count == 2 and len(series) > 2 else series[:count]
+    return sorted(chosen)
 
 
 def cpu_layout() -> tuple[list[int], list[int]]:
@@ -247,12 +318,6 @@ def prepare_out(out: Path) -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Progress:
     """One status line on the terminal: which server, scenario, step, time left."""
 
@@ -311,8 +376,9 @@ def execute(plan: Plan) -> Path:
             pinning=Pinning(
                 server_cpus=server_cpus, driver_cpus=driver_cpus,
                 shared_cpu=server_cpus == driver_cpus,
-                locust_processes=locust_workers(plan, driver_cpus) or 1, fd_limit=fd_limit,
-                locust_master=locust_workers(plan, driver_cpus) > 0,
+                locust_processes=locust_driver.workers(plan.locust_workers, driver_cpus) or 1,
+                fd_limit=fd_limit,
+                locust_master=locust_driver.workers(plan.locust_workers, driver_cpus) > 0,
             ),
             provenance=provenance(),
         )
@@ -324,8 +390,16 @@ def execute(plan: Plan) -> Path:
     try:
         upstream = _start_upstream(plan, driver_cpus)
         for repeat in range(plan.repeat):
+            capacities: dict[str, float] = {}
+            if RATE_SCENARIO in plan.scenarios:
+                for impl in plan.servers:  # every capacity before any open-loop step
+                    found = _run_server(plan, impl, repeat, log, progress, server_cpus,
+                                        driver_cpus, upstream, capacity_pass=True)  # fmt: skip
+                    if found:
+                        capacities[impl] = found
             for impl in plan.servers:
-                _run_server(plan, impl, repeat, log, progress, server_cpus, driver_cpus, upstream)
+                _run_server(plan, impl, repeat, log, progress, server_cpus, driver_cpus,
+                            upstream, capacities=capacities)  # fmt: skip
     except KeyboardInterrupt:
         interrupted = True
         log.write(Event(event="interrupted", t=time.time()))
@@ -379,10 +453,21 @@ def _run_server(
     server_cpus: list[int],
     driver_cpus: list[int],
     upstream: ServerProcess | None = None,
-) -> None:
+    capacity_pass: bool = False,
+    capacities: dict[str, float] | None = None,
+) -> float | None:
+    """Start the server and drive its scenario runs in order, each by its driver. The capacity
+    pass runs the rate sweep's closed-loop capacity alone and returns it (the open-loop steps,
+    in the main pass, need every server's)."""
+
     def key(scenario: str, model: str) -> RunKey:
         return RunKey(server=impl, scenario=scenario, model=model, repeat=repeat)
 
+    runs = [
+        (scenario, model)
+        for scenario, model in plan.scenario_runs()
+        if ((scenario, model) == (RATE_SCENARIO, "closed")) == capacity_pass
+    ]
     remote = dict(plan.remote)
     try:
         server = (
@@ -395,25 +480,73 @@ def _run_server(
             )
         )
     except ServerStartError as exc:
-        for scenario, model in plan.scenario_runs():
+        for scenario, model in runs:
             _event(log, key(scenario, model), "failed", error=str(exc))
-        return
+        return None
+    capacity = None
     with server:
         _measure_idle(server, repeat, log)
-        for scenario, model in plan.scenario_runs():
+        for scenario, model in runs:
+            job = Job(plan, server, key(scenario, model), log, progress, server_cpus,
+                      driver_cpus, upstream)  # fmt: skip
             if server.process.poll() is not None:
-                error = f"{impl} server exited with code {server.process.returncode}"
-                _event(log, key(scenario, model), "failed", error=error)
-                continue
-            if model == "held" and impl in remote:
-                error = "not measured: held connections need the server's process (--target)"
-                _event(log, key(scenario, model), "failed", error=error)
+                job.event("failed", error=f"{impl} server exited with code "
+                          f"{server.process.returncode}")  # fmt: skip
+            elif model == "held" and impl in remote:
+                job.event("failed", error="not measured: held connections need the server's "
+                          "process (--target)")  # fmt: skip
             elif model == "held":
-                _run_held(plan, key(scenario, model), log, progress, server_cpus)
+                _run_held(job)
+            elif SCENARIOS[scenario].driver == "rate":
+                found = _run_rate(job, capacities or {})
+                capacity = found if model == "closed" else capacity
             else:
-                _run_scenario(
-                    plan, server, key(scenario, model), log, progress, driver_cpus, upstream
-                )
+                locust_driver.run(job)
+    return capacity
+
+
+def _run_rate(job: Job, capacities: dict[str, float]) -> float | None:
+    """The rate sweep: closed loop, the capacity (returned); open loop, the offered rates."""
+    plan, key = job.plan, job.key
+    if key.model == "closed":
+        steps = plan.capacity_steps()
+    else:
+        measured = [capacities[s] for s in plan.servers if s in capacities]
+        steps = plan.sweep_steps(capacities.get(key.server), min(measured, default=None))
+    if not steps:
+        job.event("failed", error="no capacity was measured, so no rate to offer")
+        job.progress.finish_scenario(plan.seconds(key.scenario, key.model))
+        return None
+    job.event("started", levels=list(plan.levels(key.scenario, key.model)), steps=[
+        PlannedStep(connections=s.connections, seconds=s.seconds, rate=s.rate,
+                    common=s.common, capacity_fraction=s.capacity_fraction)
+        for s in steps
+    ])  # fmt: skip
+    what = "capacity, closed loop" if key.model == "closed" else "open loop"
+
+    def show(index: int, step: rate.RateStep) -> None:
+        level = f"{step.connections} connections" if step.rate is None else f"{step.rate:g}/s"
+        job.progress.show(
+            f"[{key.server}] {key.scenario} ({what}) step {index + 1}/{len(steps)}: {level}",
+            sum(s.seconds for s in steps[:index]),
+        )
+
+    try:
+        results = rate_driver.run_steps(
+            key, steps, rate_driver.scenario_for(plan.profile.rate_routes), job.server.url,
+            job.server.pid, job.log, job.driver_cpus, on_step=show,
+        )  # fmt: skip
+    except NativeBuildError as exc:
+        job.event("failed", error=str(exc))
+        return None
+    finally:
+        job.progress.finish_scenario(plan.seconds(key.scenario, key.model))
+    error = next((r.error for r in results if r.error), None)
+    if error:
+        job.event("failed", error=error)
+        return None
+    job.event("finished")
+    return results[-1].achieved_rps if results else None
 
 
 def _event(log: SampleLog, key: RunKey, event: str, **extra: Any) -> None:
@@ -431,22 +564,26 @@ def _measure_idle(server: ServerProcess | RemoteServer, repeat: int, log: Sample
             return process_figures(scrape(server.url + "/metrics"))[1]
         return cpu_seconds(process, children=False)
 
+    ns_before = cpu_ns_seconds(server.pid) if server.pid is not None else None
     before, started = cpu(), time.monotonic()
     while time.monotonic() - started < IDLE_SECONDS:
         scrape(server.url + "/metrics")
         time.sleep(SAMPLE_INTERVAL_S)
     after = cpu()
+    ns_after = cpu_ns_seconds(server.pid) if server.pid is not None else None
     if before is not None and after is not None:
         seconds = time.monotonic() - started
+        ns = ns_after - ns_before if ns_before is not None and ns_after is not None else None
         log.write(IdleProbe(server=server.impl, repeat=repeat, seconds=seconds,
-                            cpu_seconds=after - before))  # fmt: skip
+                            cpu_seconds=after - before, cpu_ns_seconds=ns))  # fmt: skip
 
 
-def _run_held(
-    plan: Plan, key: RunKey, log: SampleLog, progress: Progress, server_cpus: list[int]
-) -> None:
+def _run_held(job: Job) -> None:
     """Memory per in-flight request without Locust, on a fresh server: one that has served
     the scenarios before would reuse the memory they freed, and its RSS would not grow."""
+    plan, key, log, progress, server_cpus = (
+        job.plan, job.key, job.log, job.progress, job.server_cpus,
+    )  # fmt: skip
     levels = plan.levels(key.scenario, key.model)
     progress.show(f"[{key.server}] {key.scenario} (raw held connections): {max(levels)} max")
     _event(log, key, "started", levels=list(levels))
@@ -461,155 +598,6 @@ def _run_held(
         _event(log, key, "finished")
     finally:
         progress.finish_scenario(plan.seconds(key.scenario, key.model))
-
-
-def _run_scenario(
-    plan: Plan,
-    server: ServerProcess | RemoteServer,
-    key: RunKey,
-    log: SampleLog,
-    progress: Progress,
-    driver_cpus: list[int],
-    upstream: ServerProcess | None = None,
-) -> None:
-    impl, scenario, model = key.server, key.scenario, key.model
-    levels = plan.levels(scenario, model)
-    seconds = plan.seconds(scenario, model)
-    name = key.locust_name
-    driver = settings.DriverSettings(
-        targets=f"{impl}={server.url}",
-        allow_remote=server.pid is None,  # named by the user with --target
-        model=model,
-        rate=plan.profile.open_rate_per_stream,
-        steps=True,
-        step_seconds=plan.step_seconds(scenario),
-        levels=levels,
-    )
-    locust_dir = plan.out / "locust"  # absolute: Locust runs with it as its working directory
-    locustfile = str(LOCUSTFILES / f"{scenario}.py")
-    common = [str(Path(sys.executable).parent / "locust"), "-f", locustfile, "--stop-timeout", "0"]
-    main = [
-        *common, "--headless", "--only-summary",
-        # Users still mid-request when the last level ends are past what is measured: stop
-        # them at once rather than wait for them (an open-model user never finishes).
-        "--run-time", f"{seconds + 5:.0f}s",
-        "--csv", str(locust_dir / name), "--html", str(locust_dir / f"{name}.html"),
-    ]  # fmt: skip
-    workers = locust_workers(plan, driver_cpus)
-    commands = {name: main}
-    if workers:
-        master_port = _free_port()
-        commands[name] = [
-            *main, "--master", "--master-bind-host", "127.0.0.1",
-            "--master-bind-port", str(master_port), "--expect-workers", str(workers),
-            "--expect-workers-max-wait", f"{LOCUST_START_TIMEOUT_S:.0f}",
-        ]  # fmt: skip
-        for index in range(1, workers + 1):
-            commands[f"{name}-worker{index}"] = [
-                *common, "--worker", "--master-host", "127.0.0.1",
-                "--master-port", str(master_port),
-            ]  # fmt: skip
-    # Only a server the run started calls the run's upstream (a --target has its own).
-    counts_upstream = (
-        upstream is not None and server.pid is not None and SCENARIOS[scenario].needs_upstream
-    )
-    upstream_before = _upstream_connections(upstream) if counts_upstream else None
-    _event(log, key, "started", levels=list(levels))
-    # The master (or the lone process) first: its exit code is the run's.
-    locusts = [
-        _start_locust(command, driver, locust_dir / f"{stem}.log", driver_cpus)
-        for stem, command in commands.items()
-    ]
-    sampler = None
-    started = time.monotonic()
-    error = None
-    try:
-        # Each process exports client metrics and its requests' latencies on a port of its own.
-        client_urls = _wait_for_metrics(locusts)
-        if not client_urls:
-            error = f"Locust did not start: see locust/{name}*.log"
-            return
-        pids = [process.pid for process, _ in locusts]
-        sampler = Sampler(log, key, server.url, server.pid, client_urls, pids)
-        sampler.start()
-        deadline = started + seconds + 60
-        # Until every process has exited: a worker exits once its last requests were read.
-        while any(process.poll() is None for process, _ in locusts):
-            if server.process.poll() is not None:
-                error = f"{impl} server exited with code {server.process.returncode} mid-run"
-                break
-            if time.monotonic() > deadline:
-                error = "Locust overran its time bound and was stopped"
-                break
-            elapsed = time.monotonic() - started
-            step = min(int(elapsed // plan.step_seconds(scenario)), len(levels) - 1)
-            unit = "streams" if model == "open" else "users"
-            progress.show(
-                f"[{impl}] {scenario} ({model}) step {step + 1}/{len(levels)}: "
-                f"{levels[step]} {unit}",
-                elapsed,
-            )
-            time.sleep(0.25)
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        for process, _ in locusts:
-            _stop(process)
-        progress.finish_scenario(seconds)
-        opened = None
-        if counts_upstream and upstream_before is not None:
-            after = _upstream_connections(upstream)
-            # less the second scrape's own connection
-            opened = after - upstream_before - 1 if after is not None else None
-        if error:
-            _event(log, key, "failed", error=error)
-        else:
-            _event(log, key, "finished", exit_code=locusts[0][0].returncode,
-                   upstream_connections=opened)  # fmt: skip
-
-
-def _start_locust(
-    command: list[str], driver: settings.DriverSettings, log: Path, driver_cpus: list[int]
-) -> tuple[subprocess.Popen, Path]:
-    """One Locust process on the driver's CPUs, its client metrics on a free port of its own,
-    its output in `log`."""
-    env = {
-        **os.environ,
-        **settings.as_environment(dataclasses.replace(driver, client_metrics_port=_free_port())),
-    }
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=log.parent,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: os.sched_setaffinity(0, set(driver_cpus)),
-        )  # fmt: skip
-    return process, log
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_for_metrics(locusts: list[tuple[subprocess.Popen, Path]]) -> list[str]:
-    """The client-metrics URL of every Locust process, read from the line each prints to its
-    log; none if one did not start."""
-    deadline = time.monotonic() + LOCUST_START_TIMEOUT_S
-    urls: dict[Path, str] = {}
-    while time.monotonic() < deadline and all(p.poll() is None for p, _ in locusts):
-        for _, log in locusts:
-            found = settings.METRICS_ANNOUNCE_PATTERN.search(log.read_text(errors="replace"))
-            if found:
-                urls[log] = f"http://{found[2]}:{found[3]}"
-        if len(urls) == len(locusts):
-            return [urls[log] for _, log in locusts]
-        time.sleep(0.1)
-    return []
 
 
 def default_out() -> Path:
@@ -631,17 +619,18 @@ def validate(servers: list[str], scenarios: list[str], remote: tuple[str, ...] =
         raise RunError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
     if not servers or not scenarios:
         raise RunError("nothing to run: give at least one server and one scenario")
-    _build_natives([s for s in servers if s not in remote])
+    rate_driven = any(SCENARIOS[s].driver == "rate" for s in scenarios)
+    _build_natives([s for s in servers if s not in remote], rate_driven)
 
 
-def _build_natives(servers: list[str]) -> None:
+def _build_natives(servers: list[str], needs_rate_driver: bool) -> None:
     """Build the native servers the run needs now, before any clock runs (a first Rust build
     takes longer than a server is given to start)."""
-    from servers.native import NATIVE_SERVERS, NativeBuildError, binary
+    from servers.native import NATIVE_SERVERS, RATE_DRIVER, binary
 
-    for server in servers:
-        if server in NATIVE_SERVERS:
+    for program in [RATE_DRIVER] * needs_rate_driver + servers:
+        if program in NATIVE_SERVERS or program == RATE_DRIVER:
             try:
-                binary(server)
+                binary(program)
             except NativeBuildError as exc:
                 raise RunError(str(exc)) from None

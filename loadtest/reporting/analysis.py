@@ -15,6 +15,7 @@ from loadtest import histograms
 from loadtest.records import (
     HeldPoint,
     LinearFit,
+    PlannedStep,
     RouteFigures,
     RouteHistograms,
     Sample,
@@ -38,6 +39,9 @@ __all__ = [
 # (the step is then "driver-bound") or the server ("saturated").
 BUSY_FRACTION = 0.85
 PERCENTILES = (50.0, 99.0, 99.9, 100.0)
+# With nanosecond CPU accounting, what bounds a step's CPU figure is when the two readings are
+# taken: the requests counted and the CPU clock read are at most this far apart in a sample.
+COUNTER_SKEW_S = 0.005
 
 
 def bucket_bound(q: float, buckets: dict[str, float]) -> float | None:
@@ -111,12 +115,26 @@ def cpu_step(
     return busy / completed * 1e6, error / completed * 1e6
 
 
+def cpu_step_ns(
+    cpu_seconds: float, seconds: float, completed: float, idle_cpu: float, idle_error: float
+) -> tuple[float | None, float | None]:
+    """cpu_step for nanosecond accounting: the error is no tick but the skew between the two
+    readings of each bound (COUNTER_SKEW_S at the step's CPU share, twice) and the idle
+    rate's."""
+    if completed <= 0 or seconds <= 0:
+        return None, None
+    busy = max(0.0, cpu_seconds - idle_cpu * seconds)
+    error = 2 * COUNTER_SKEW_S * (cpu_seconds / seconds) + idle_error * seconds
+    return busy / completed * 1e6, error / completed * 1e6
+
+
 def step_figures(
     window: list[Sample],
     driver_cores: int,
     idle_cpu: float = 0.0,
     cpu_tick_s: float = 0.01,
     idle_error: float = 0.0,
+    idle_ns: tuple[float, float] | None = None,
 ) -> Step | None:
     """Figures for one load level from its samples: the first and last usable ones bound the
     counters' deltas; the latency intervals between them hold every request that completed."""
@@ -141,7 +159,7 @@ def step_figures(
     uncorrected = histograms.merge(
         histograms.encode(h) for h in service.values() if h.get_total_count()
     )
-    p99_uncorrected = histograms.percentiles_ms(uncorrected, (99.0,)).get(99.0)
+    service_values = histograms.percentiles_ms(uncorrected, PERCENTILES)
     completed = c1.completed - c0.completed
     achieved = completed / seconds
     cpu_used = None
@@ -150,6 +168,12 @@ def step_figures(
     cpu_us, cpu_error = (None, None)
     if cpu_used is not None:
         cpu_us, cpu_error = cpu_step(cpu_used, seconds, completed, idle_cpu, cpu_tick_s, idle_error)
+    ticks_us, ticks_error, source = cpu_us, cpu_error, "ticks"
+    ns0, ns1 = first.server_cpu_ns_seconds, last.server_cpu_ns_seconds
+    if ns0 is not None and ns1 is not None and idle_ns is not None:
+        cpu_used = ns1 - ns0
+        cpu_us, cpu_error = cpu_step_ns(cpu_used, seconds, completed, *idle_ns)
+        idle_cpu, source = idle_ns[0], "ns"
     driver_cpu = None
     if first.driver_cpu_seconds is not None and last.driver_cpu_seconds is not None:
         driver_cpu = (last.driver_cpu_seconds - first.driver_cpu_seconds) / seconds
@@ -169,12 +193,22 @@ def step_figures(
         p999_ms=overall.p999_ms if overall else None,
         max_ms=overall.max_ms if overall else None,
         mean_ms=mean_ms,
-        p99_uncorrected_ms=p99_uncorrected,
+        p99_uncorrected_ms=service_values.get(99.0),
+        p50_uncorrected_ms=service_values.get(50.0) if c1.error_kinds is not None else None,
+        p999_uncorrected_ms=service_values.get(99.9) if c1.error_kinds is not None else None,
+        max_uncorrected_ms=service_values.get(100.0) if c1.error_kinds is not None else None,
+        connections=round(c1.users) if c1.error_kinds is not None else None,
+        error_kinds={k: v - (c0.error_kinds or {}).get(k, 0.0) for k, v in c1.error_kinds.items()}
+        if c1.error_kinds is not None
+        else None,
         routes=routes,
         lag_p99_at_most_ms=_ms_or_none(bucket_bound(0.99, _delta(s1.lag, s0.lag))),
         server_cpu=max(0.0, gross_server_cpu - idle_cpu),
         cpu_us_per_request=cpu_us,
         cpu_us_error=cpu_error,
+        cpu_source=source,
+        cpu_us_ticks=ticks_us if source == "ns" else None,
+        cpu_us_ticks_error=ticks_error if source == "ns" else None,
         driver_cpu=driver_cpu,
         rss_bytes=_median(s.server_rss_bytes for s in usable),
         active_requests=_median(s.server.active_requests for s in usable if s.server),
@@ -195,20 +229,38 @@ def steps(
     cpu_tick_s: float = 0.01,
     settle_seconds: float = 0.0,
     idle_error: float = 0.0,
+    idle_ns: tuple[float, float] | None = None,
+    planned: list[PlannedStep] | None = None,
 ) -> list[Step]:
-    """Split one scenario run's samples by load level (the users gauge), dropping the first
-    sample of each level (the ramp), or all within `settle_seconds` of it, and any user count
-    that is not a planned level (Locust stopping its users at the end passes through several),
-    and compute each level's figures."""
+    """Split one scenario run's samples by load level (the users gauge; or the driver's step,
+    where it runs each level as a step of its own), dropping the first sample of each level
+    (the ramp), or all within `settle_seconds` of it, and any user count that is not a planned
+    level (Locust stopping its users at the end passes through several), and compute each
+    level's figures."""
     ordered = [s for s in samples if s.client]
+    by_step = any(s.step is not None for s in ordered)
+
+    def level_of(sample: Sample) -> float:
+        if by_step:
+            return sample.step if sample.step is not None else -1
+        return sample.client.users if sample.client else 0
+
     result = []
-    for users, group in groupby(ordered, key=lambda s: s.client.users if s.client else 0):
+    for level_key, group in groupby(ordered, key=level_of):
         level = list(group)
+        users = level[0].client.users if level[0].client else 0
         window = [s for s in level[1:] if s.t >= level[0].t + settle_seconds]
-        if window and users > 0 and (levels is None or users in levels):
+        wanted = by_step or levels is None or users in levels
+        if window and users > 0 and level_key >= 0 and wanted:
             # The latency intervals of samples whose client scrape failed still count.
             span = [s for s in samples if window[0].t <= s.t <= window[-1].t]
-            figures = step_figures(span, driver_cores, idle_cpu, cpu_tick_s, idle_error)
+            figures = step_figures(span, driver_cores, idle_cpu, cpu_tick_s, idle_error, idle_ns)
+            if figures and by_step and planned and int(level_key) < len(planned):
+                plan = planned[int(level_key)]
+                figures = figures.model_copy(update={
+                    "offered_rps": plan.rate, "common": plan.common,
+                    "capacity_fraction": plan.capacity_fraction,
+                })  # fmt: skip
             if figures:
                 result.append(figures)
     return result

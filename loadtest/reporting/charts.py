@@ -30,6 +30,7 @@ __all__ = [
     "horizontal_bars",
     "lines",
     "scatter_with_fits",
+    "sweep",
 ]
 
 WIDTH_IN, HEIGHT_IN = 5.8, 3.6  # at 96 px per inch: two charts side by side in the page
@@ -142,6 +143,50 @@ def lines(
     else:
         axes.set_xlim(left=0)
     axes.legend(loc="best", fontsize=8, frameon=False)
+    return _svg(figure, title)
+
+
+# The percentiles of the sweep's latency chart: one line style each, a server's colour.
+SWEEP_STYLES = {"p50": ":", "p99": "-", "p99.9": "--"}
+
+
+def sweep(
+    title: str,
+    y_label: str,
+    series: dict[str, dict[str, Sequence[tuple[float, float, bool]]]],
+    marks: dict[str, float],
+    log_y: bool = True,
+) -> str:
+    """Figures against offered load on a log x axis: per server (its colour) one line per
+    named quantity (SWEEP_STYLES' styles, or solid), points (x, y, hollow: driver-bound or not
+    served in full); each server's capacity as a dotted vertical line of its colour."""
+    if not any(points for lines in series.values() for points in lines.values()):
+        return _empty(title)
+    figure, axes = plt.subplots(figsize=(WIDTH_IN, HEIGHT_IN), layout="constrained")
+    for server, quantities in series.items():
+        shade = colour(server)
+        primary = "p99" if "p99" in quantities else next(iter(quantities), "")
+        for name, points in quantities.items():
+            if not points:
+                continue
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            axes.plot(xs, ys, color=shade, linewidth=1.4, linestyle=SWEEP_STYLES.get(name, "-"),
+                      label=_legend(server) if name == primary else "_")  # fmt: skip
+            for x, y, hollow in points:
+                axes.plot(x, y, marker="o", markersize=3.5, color=shade,
+                          markerfacecolor="white" if hollow else shade)  # fmt: skip
+        if server in marks:
+            axes.axvline(marks[server], color=shade, linestyle=(0, (1, 2)), linewidth=1)
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    if log_y:
+        axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axes.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_log_label))
+    axes.set_title(title)
+    axes.set_xlabel("offered requests per second (log scale); dotted: capacity")
+    axes.set_ylabel(y_label)
+    axes.legend(loc="best", fontsize=7, frameon=False)
     return _svg(figure, title)
 
 

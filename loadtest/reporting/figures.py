@@ -33,6 +33,7 @@ __all__ = [
     "common_quiet_level",
     "headline",
     "quiet_step",
+    "served",
 ]
 
 Better = Literal["lower", "higher"] | None
@@ -149,6 +150,69 @@ def _offload_overhead(run: ScenarioRun) -> Reading:
     return Reading(light.mean_ms - BLOCKING_MS, error=light.mean_ms * 1e-3)
 
 
+# The rate sweep's figures. Its steps are the rate driver's: ns CPU accounting, latency from
+# each request's intended send (corrected for coordinated omission).
+SUSTAINED = 0.99  # achieved / offered at or above which an offered rate counts as served
+
+
+def _capacity_step(run: ScenarioRun) -> Step | None:
+    return max(run.steps, key=lambda s: s.achieved_rps, default=None)
+
+
+def _capacity(run: ScenarioRun) -> Reading:
+    top = _capacity_step(run)
+    if top is None:
+        return Reading(None)
+    return Reading(top.achieved_rps, driver_bound=top.driver_bound)
+
+
+def _saturation_cpu(run: ScenarioRun) -> Reading:
+    top = _capacity_step(run)
+    if top is None or not _precise(top):
+        return Reading(None)
+    # Saturated on purpose: this is the cost where one wake-up serves many requests.
+    return Reading(top.cpu_us_per_request, driver_bound=top.driver_bound,
+                   error=top.cpu_us_error, at_rps=top.achieved_rps)  # fmt: skip
+
+
+def _common_cpu(run: ScenarioRun) -> Reading:
+    common = [s for s in run.steps if s.common and s.offered_rps]
+    top = max(common, key=lambda s: s.offered_rps or 0.0, default=None)
+    if top is None or not _precise(top):
+        return Reading(None)
+    return Reading(top.cpu_us_per_request, driver_bound=top.driver_bound,
+                   error=top.cpu_us_error, at_rps=top.offered_rps,
+                   saturated=top.server_saturated)  # fmt: skip
+
+
+def _p99_at(fraction: float) -> Callable[[ScenarioRun], Reading]:
+    def read(run: ScenarioRun) -> Reading:
+        step = next((s for s in run.steps if s.capacity_fraction == fraction), None)
+        if step is None or step.p99_ms is None:
+            return Reading(None)
+        return Reading(step.p99_ms, driver_bound=step.driver_bound, at_rps=step.offered_rps)
+
+    return read
+
+
+def served(step: Step) -> bool:
+    """The offered rate was served in full: achieved/offered at least SUSTAINED."""
+    return bool(step.offered_rps) and step.achieved_rps >= SUSTAINED * (step.offered_rps or 0)
+
+
+def _sustainable(run: ScenarioRun) -> Reading:
+    """The highest offered rate served in full with its corrected p99 within the SLO."""
+    slo = run.slo_ms
+    good = [
+        s for s in run.steps
+        if served(s) and s.p99_ms is not None and slo is not None and s.p99_ms <= slo
+    ]  # fmt: skip
+    best = max(good, key=lambda s: s.offered_rps or 0.0, default=None)
+    if best is None:
+        return Reading(None)
+    return Reading(best.offered_rps, driver_bound=best.driver_bound)
+
+
 def _upstream_connections(run: ScenarioRun) -> Reading:
     return Reading(
         float(run.upstream_connections) if run.upstream_connections is not None else None
@@ -169,6 +233,30 @@ FIGURES: dict[str, FigureSpec] = {
     spec.name: spec
     for spec in (
         FigureSpec("ceiling_rps", "plaintext ceiling", "req/s", 1, "higher", "closed", _ceiling),
+        FigureSpec(
+            "capacity_rps", "capacity (closed loop, the rate driver)", "req/s", 1, "higher",
+            "closed", _capacity,
+        ),
+        FigureSpec(
+            "saturation_cpu_us", "CPU per request at capacity", "µs", 1, "lower", "closed",
+            _saturation_cpu,
+        ),
+        FigureSpec(
+            "common_cpu_us", "CPU per request at the highest common rate", "µs", 1, "lower",
+            "open", _common_cpu,
+        ),
+        FigureSpec(
+            "p99_at_50_ms", "p99 at 50 % of capacity (from the intended send)", "ms", 1,
+            "lower", "open", _p99_at(0.5),
+        ),
+        FigureSpec(
+            "p99_at_90_ms", "p99 at 90 % of capacity (from the intended send)", "ms", 1,
+            "lower", "open", _p99_at(0.9),
+        ),
+        FigureSpec(
+            "sustainable_rps", "sustainable throughput (served in full, p99 within the SLO)",
+            "req/s", 1, "higher", "open", _sustainable,
+        ),
         FigureSpec(
             "bytes_per_request", "memory per in-flight request, under Locust", "KiB",
             1 / 1024, "lower", "closed", _fit_slope,
@@ -297,14 +385,19 @@ def headline(runs: list[ScenarioRun]) -> dict[str, ServerHeadline]:
     named: dict[str, dict[str, list[Reading]]] = defaultdict(lambda: defaultdict(list))
     closed: dict[str, list[ScenarioRun]] = defaultdict(list)
     for run in runs:
-        if run.key.model == "closed" and run.steps:
+        if (
+            run.key.model == "closed"
+            and run.steps
+            and SCENARIOS[run.key.scenario].driver == "locust"
+        ):
             closed[run.key.scenario].append(run)
     levels = {scenario: common_quiet_level(group) for scenario, group in closed.items()}
     for run in runs:
         key = run.key
         if not run.steps and run.memory_fit is None:
             continue
-        if key.model == "closed" and run.steps:
+        locust = SCENARIOS[key.scenario].driver == "locust"
+        if key.model == "closed" and run.steps and locust:
             cpu[key.server][key.scenario].append(_cpu(run, levels[key.scenario]))
         for name in SCENARIOS[key.scenario].figures:
             spec = FIGURES[name]
@@ -312,21 +405,8 @@ def headline(runs: list[ScenarioRun]) -> dict[str, ServerHeadline]:
                 named[key.server][name].append(spec.read(run))
     result = {}
     for server in sorted(set(cpu) | set(named)):
-        cpu_figures = {s: f for s, r in cpu[server].items() if (f := _figure(r))}
-        # 1e6 / µs, with the CPU figure's relative error carried over (so no more digits).
-        capacity = {
-            scenario: _figure([
-                Reading(
-                    1e6 / r.value if r.value else None,
-                    error=1e6 / r.value * r.error / r.value if r.value and r.error else None,
-                )
-                for r in cpu[server][scenario]
-            ])
-            for scenario in cpu_figures
-        }  # fmt: skip
         result[server] = ServerHeadline(
-            cpu_us_per_request=cpu_figures,
-            capacity_rps_per_core={s: f for s, f in capacity.items() if f},
+            cpu_us_per_request={s: f for s, r in cpu[server].items() if (f := _figure(r))},
             figures={n: f for n, r in named[server].items() if (f := _figure(r))},
         )
     return result

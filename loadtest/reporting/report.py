@@ -12,7 +12,7 @@ from loadtest.histograms import RELATIVE_ERROR
 from loadtest.records import Figure, Results, ScenarioRun, spec_name
 from loadtest.reporting import charts
 from loadtest.reporting.colours import COLOURS, OTHER_COLOUR
-from loadtest.reporting.figures import FIGURES, MEMORY_DISAGREEMENT
+from loadtest.reporting.figures import FIGURES, MEMORY_DISAGREEMENT, SUSTAINED, served
 from loadtest.reporting.formatting import number
 from loadtest.reporting.verdict import verdict
 from servers.contract import IMPLS
@@ -94,6 +94,95 @@ def _chart_latency_vs_load(results: Results) -> str:
         "plaintext: p99 vs achieved load (labels: users)", "achieved requests per second",
         "p99 latency, ms (log scale)", series, log_y=True,
     )  # fmt: skip
+
+
+def _capacities(results: Results) -> dict[str, float]:
+    """Each server's measured capacity (the first repeat's), to mark on the sweep's charts."""
+    return {
+        run.key.server: max(s.achieved_rps for s in run.steps)
+        for run in _runs(results, "rate", "closed")
+        if run.steps and run.key.repeat == 0
+    }
+
+
+def _chart_sweep_latency(results: Results) -> str:
+    series = {
+        _series_name(run): {
+            name: [
+                (s.offered_rps, value, s.driver_bound or not served(s))
+                for s in run.steps
+                if s.offered_rps and (value := getattr(s, attribute)) is not None
+            ]
+            for name, attribute in (("p50", "p50_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms"))
+        }
+        for run in _runs(results, "rate", "open")
+    }
+    return charts.sweep(
+        "rate sweep: latency vs offered load (p50 dotted, p99 solid, p99.9 dashed; from the "
+        "intended send)",
+        "latency, ms (log scale)", series, _capacities(results),
+    )  # fmt: skip
+
+
+def _chart_sweep_cpu(results: Results) -> str:
+    series = {
+        _series_name(run): {
+            "cpu": [
+                (s.offered_rps, s.cpu_us_per_request, s.driver_bound or not served(s))
+                for s in run.steps
+                if s.offered_rps and s.cpu_us_per_request
+            ]
+        }
+        for run in _runs(results, "rate", "open")
+    }
+    return charts.sweep(
+        "rate sweep: server CPU per request vs offered load", "CPU µs per request (log scale)",
+        series, _capacities(results),
+    )  # fmt: skip
+
+
+def _sweep_table(results: Results) -> str:
+    """The rate sweep's figures per server; empty when the run did not include it."""
+    servers = [s for s in _servers(results) if "capacity_rps" in results.headline[s].figures]
+    if not servers:
+        return ""
+    common = sorted({
+        s.offered_rps for r in _runs(results, "rate", "open") for s in r.steps
+        if s.common and s.offered_rps
+    })  # fmt: skip
+    rows = []
+    for server in servers:
+        figures = results.headline[server].figures
+        rows.append(
+            f"<tr><th>{_swatch(server)}</th>"
+            + _cell(figures.get("capacity_rps"))
+            + _cell(figures.get("saturation_cpu_us"), show_error=True)
+            + _cell(figures.get("common_cpu_us"), show_error=True)
+            + _cell(figures.get("p99_at_50_ms"))
+            + _cell(figures.get("p99_at_90_ms"))
+            + _cell(figures.get("sustainable_rps"))
+            + "</tr>"
+        )
+    slo = next((r.slo_ms for r in _runs(results, "rate", "open") if r.slo_ms), None)
+    rates = ", ".join(f"{number(rate)}/s" for rate in common) or "none"
+    return (
+        "<h2>Capacity and cost at equal load: the rate sweep</h2>\n<p>The rate driver "
+        "(<code>stackbench-rate</code>, C, never the load's limit: its own CPU is audited "
+        "like Locust's) first measures each server's <b>capacity</b>, closed-loop at "
+        f"{', '.join(str(c) for c in results.scenarios['rate'].levels)} keep-alive "
+        "connections, then offers fixed rates <b>open-loop</b>: rates common to every server "
+        f"(here {rates}, the highest at most half the slowest server's capacity) and fractions "
+        "of each server's own capacity. Latency runs from each request's intended send, so a "
+        "stall delays every request due during it (corrected for coordinated omission). CPU "
+        "per request is read from the server's CPU clock to the nanosecond. Sustainable "
+        "throughput: the highest offered rate served in full (achieved/offered &ge; "
+        f"{SUSTAINED:.0%}) with its p99 within the SLO ({number(slo) if slo else '?'} ms, "
+        "<code>--slo-ms</code>).</p>\n"
+        "<table><tr><th>server</th><th>capacity req/s</th><th>CPU µs per request at capacity"
+        "</th><th>CPU µs per request at the highest common rate</th>"
+        "<th>p99 ms at 50 % of capacity</th><th>p99 ms at 90 % of capacity</th>"
+        "<th>sustainable req/s</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _chart_memory(results: Results) -> str:
@@ -240,35 +329,9 @@ def _cpu_table(results: Results) -> str:
     rows = []
     for server in _servers(results):
         figures = results.headline[server].cpu_us_per_request
-        capacity = results.headline[server].capacity_rps_per_core.get("plaintext")
         cells = "".join(_cell(figures.get(s), show_error=True) for s in scenarios)
-        rows.append(f"<tr><th>{_swatch(server)}</th>{cells}{_cell(capacity)}</tr>")
-    return (
-        f"<table><tr><th>server</th>{head}<th>plaintext capacity implied, req/s per core</th>"
-        "</tr>" + "".join(rows) + "</table>"
-    )
-
-
-def _ceiling_cell(results: Results, server: str) -> str:
-    headline = results.headline[server]
-    ceiling = headline.figures.get("ceiling_rps")
-    if ceiling is None:
-        return '<td class="num">&ndash;</td>'
-    if not ceiling.driver_bound and not ceiling.saturated:
-        # Neither side was the limit at the busiest level: the ceiling lies above it.
-        return _cell(ceiling, prefix="&ge; ").replace(
-            '<td class="num">',
-            '<td class="num" title="neither the server nor Locust was saturated at the busiest '
-            'level: the ceiling is higher (see the capacity its CPU per request implies)">',
-            1,
-        )
-    if not ceiling.driver_bound:
-        return _cell(ceiling)
-    return (
-        f'<td class="num">&ge; {number(ceiling.median)} <span class="flag" title="the load '
-        "generator was saturated: this is what Locust could drive, not the server's ceiling; "
-        'see the capacity its CPU per request implies">driver-bound</span></td>'
-    )
+        rows.append(f"<tr><th>{_swatch(server)}</th>{cells}</tr>")
+    return f"<table><tr><th>server</th>{head}</tr>" + "".join(rows) + "</table>"
 
 
 def _memory_cell(results: Results, server: str) -> str:
@@ -291,7 +354,7 @@ def _headline_table(results: Results) -> str:
     for server in _servers(results):
         figures = results.headline[server].figures
         cells = [
-            _ceiling_cell(results, server),
+            _cell(figures.get("capacity_rps")),
             _cell(figures.get("fixed_load_p50_ms")),
             _cell(figures.get("fixed_load_p99_ms")),
             _cell(figures.get("fixed_load_p99_uncorrected_ms")),
@@ -304,7 +367,7 @@ def _headline_table(results: Results) -> str:
         ]
         rows.append(f"<tr><th>{_swatch(server)}</th>{''.join(cells)}</tr>")
     return (
-        "<table><tr><th>server</th><th>plaintext ceiling req/s</th>"
+        "<table><tr><th>server</th><th>capacity req/s (rate driver)</th>"
         "<th>p50 ms at fixed load</th><th>p99 ms at fixed load</th>"
         "<th>p99 ms uncorrected</th><th>KiB per in-flight request, under Locust</th>"
         "<th>KiB per in-flight request, raw held connections</th>"
@@ -392,8 +455,9 @@ def _steps_table(results: Results) -> str:
         for step in run.steps:
             flag = ' <span class="flag">driver-bound</span>' if step.driver_bound else ""
             saturated = ' <span class="flag">saturated</span>' if step.server_saturated else ""
+            offered = f" at {number(step.offered_rps)}/s" if step.offered_rps else ""
             rows.append(
-                f"<tr>{ident}<td class=num>{step.users:.0f}</td>"
+                f"<tr>{ident}<td class=num>{step.users:.0f}{offered}</td>"
                 f"<td class=num>{number(step.achieved_rps)}</td>"
                 f"<td class=num>{_latency(step.p50_ms)}</td>"
                 f"<td class=num>{_latency(step.p99_ms)}</td>"
@@ -401,19 +465,27 @@ def _steps_table(results: Results) -> str:
                 f"<td class=num>{_bound(step.lag_p99_at_most_ms)}</td>"
                 f"<td class=num>{number((step.rss_bytes or 0) / 2**20)}</td>"
                 f"<td class=num>{step.server_cpu * 100:.0f}%{saturated}</td>"
-                f"<td class=num>{number(step.cpu_us_per_request, step.cpu_us_error)}</td>"
+                f"<td class=num>{_cpu_number(step.cpu_us_per_request, step.cpu_us_error)}</td>"
                 f"<td class=num>{(step.driver_cpu or 0) * 100:.0f}%{flag}</td>"
                 f"<td class=num>{number(step.littles_in_flight)}</td>"
                 f"<td class=num>{step.errors:.0f} / {step.dropped:.0f}</td></tr>"
             )
     return (
-        "<table><tr><th>server</th><th>scenario</th><th>model</th><th>repeat</th><th>users</th>"
+        "<table><tr><th>server</th><th>scenario</th><th>model</th><th>repeat</th>"
+        "<th>users (rate driver: connections, at the offered rate)</th>"
         "<th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>lag p99 ms</th>"
         "<th>RSS MiB</th><th>server CPU</th><th>CPU µs per request</th><th>driver CPU</th>"
         "<th title=\"Little's law: throughput x mean latency; in the closed model it should be "
         "close to the users\">in flight</th><th>errors / dropped</th></tr>"
         + "".join(rows) + "</table>"
     )  # fmt: skip
+
+
+def _cpu_number(value: float | None, error: float | None) -> str:
+    """A step's CPU per request; where its error exceeds it, only that bound."""
+    if value is not None and error is not None and error >= value:
+        return f"&lt; {number(error, significant=1)}"
+    return number(value, error)
 
 
 def _latency(value: float | None) -> str:
@@ -485,10 +557,10 @@ def _warnings(results: Results) -> str:
     })  # fmt: skip
     if bound:
         warnings.append(
-            "<b>Driver-bound figures.</b> Locust was the limit, not the server, for: "
+            "<b>Driver-bound figures.</b> The load generator was the limit, not the server, for: "
             + html.escape(", ".join(bound))
-            + ". Those figures are what the load generator reached (see CPU per request for "
-            "what the servers cost)."
+            + ". Those figures are what the load generator reached, a lower bound on the "
+            "server's (see CPU per request for what the servers cost)."
         )
     failing = []
     for run in results.runs:
@@ -558,7 +630,7 @@ def render(results: Results) -> str:
 <p class="note">Run started {html.escape(results.started)}, profile
 {html.escape(results.profile.name)} ({results.profile.step_seconds:g} s per step,
 {results.profile.repeat} repeat(s)), {status}. Server on CPU {pinning.server_cpus},
-Locust on CPU {pinning.driver_cpus}. {html.escape(env.cpu_model)}, kernel
+load generators on CPU {pinning.driver_cpus}. {html.escape(env.cpu_model)}, kernel
 {html.escape(env.kernel)}, governor {html.escape(env.cpu_governor or "unknown")}, load average
 {env.load_average_1m:.2f} at start. stackbench {html.escape(results.provenance.stackbench_version)}
 {html.escape(commit[:12] if commit else "")}{dirty}. {html.escape(versions)}.
@@ -570,24 +642,25 @@ Command: <code>{html.escape(shlex.join(results.provenance.command))}</code>.</p>
 <p class="note">The claims of the stackful (Go's goroutines, gevent's greenlets) against
 stackless (Rust's futures, trio's and asyncio's coroutines) debate, each read off this run's
 figures below: memory per in-flight request with raw held connections, server CPU per
-plaintext request, CPU per child task of a fan-out (the fanout request's CPU less a plaintext
+request at the highest offered rate common to every server (the rate sweep), CPU per child
+task of a fan-out (the fanout request's CPU less a plaintext
 request's, over its 20 children), <code>/json</code> p99 beside blocking calls (inline, in
 Python and in C) and beside CPU-bound requests, and server CPU per request that calls another
 service through the server's own HTTP client (urllib3, aiohttp's, httpx). A claim is decided
 only where the repeats' ranges of the two kinds of server do not overlap; otherwise the row
 says what is missing.</p>
 {_verdict_table(results)}
+{_sweep_table(results)}
 <h2>CPU per request</h2>
 {_cpu_table(results)}
-<p class="note">Server CPU time (utime + stime from /proc) per completed request, with the
-server's idle load (timers, the run's own scrapes) subtracted: what a request costs,
-independent of how fast the load generator is. It depends on the load (the busier a server, the
-more requests one wake-up serves), so every server is read at the same level, the highest where
-none was saturated nor driver-bound, at the rate shown; where no level suits all, each server's
-own quietest fit, flagged. The last digit shown is the first that /proc's tick resolution
-touches; &ndash;: no step had requests enough to measure it to 25 % (a short step of slow
-requests). Capacity: 1,000,000 / µs, the requests per second one core would serve at that
-cost.</p>
+<p class="note">Under Locust's scenarios: server CPU time (from its CPU clock, to the
+nanosecond; /proc's ticks are kept as the cross-check) per completed request, with the
+server's idle load (timers, the run's own scrapes) subtracted. It depends on the load: the
+busier a server, the more requests one wake-up serves (compare the rate sweep's CPU at capacity
+with its CPU at a common rate), so every server is read at the same Locust level, the highest
+where none was saturated nor driver-bound, at the rate shown; where no level suits all, each
+server's own quietest fit, flagged. The last digit shown is the first that the error touches;
+&ndash;: no step had requests enough to measure it to 25 %.</p>
 <h2>Headline</h2>
 {_headline_table(results)}
 {_upstream_table(results)}
@@ -599,10 +672,12 @@ across io_hold's levels under Locust (keep-alive connections whose requests fini
 sent again), and with raw connections each holding one request on a fresh server (nothing
 finishes); <span class="flag">differs</span> marks a gap over
 {MEMORY_DISAGREEMENT:.0%}. The scheduler lag is only known to the bucket of the server's
-histogram: &le; its upper bound. <span class="flag">driver-bound</span>: Locust used
-&ge;85 % of its CPU, so the figure is the load generator's limit, not the server's.</p>
+histogram: &le; its upper bound. <span class="flag">driver-bound</span>: the load
+generator (Locust, or the rate driver) used &ge;85 % of its CPU, so the figure is its limit,
+not the server's.</p>
 <h2>Charts</h2>
 <div class="charts">
+{_chart_sweep_latency(results)}{_chart_sweep_cpu(results)}
 {_chart_cpu(results)}{_chart_memory(results)}{_chart_latency_vs_load(results)}{_chart_lag(results)}
 {_chart_percentiles(results, "starvation", "open", None)}
 {_chart_percentiles(results, "coloring", "closed", "/json")}

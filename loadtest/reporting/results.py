@@ -52,6 +52,7 @@ def build(out: Path) -> Results:
     events: dict[RunKey, list[Event]] = defaultdict(list)
     held: dict[RunKey, HeldProbe] = {}
     idle: dict[tuple[str, int], list[float]] = defaultdict(list)
+    idle_ns: dict[tuple[str, int], list[float]] = defaultdict(list)
     idle_seconds: dict[tuple[str, int], float] = {}
     run_events: list[Event] = []
     for record in records:
@@ -63,6 +64,10 @@ def build(out: Path) -> Results:
             held[record.key] = record
         elif isinstance(record, IdleProbe) and record.seconds > 0:
             idle[(record.server, record.repeat)].append(record.cpu_seconds / record.seconds)
+            if record.cpu_ns_seconds is not None:
+                idle_ns[(record.server, record.repeat)].append(
+                    record.cpu_ns_seconds / record.seconds
+                )
             idle_seconds[(record.server, record.repeat)] = record.seconds
     # As many cores as the driver could use: one per Locust process, at most one per CPU.
     driver_cores = min(len(header.pinning.driver_cpus), header.pinning.locust_processes)
@@ -73,6 +78,13 @@ def build(out: Path) -> Results:
         # The idle rate is itself off by up to two ticks over its probe.
         probe = idle_seconds.get((key.server, key.repeat))
         idle_error = 2 * tick / probe if probe else 0.0
+        # With the CPU clock the probe's own reading is exact; what is left is when it is read.
+        ns_rates = idle_ns.get((key.server, key.repeat))
+        ns_idle = (
+            (statistics.fmean(ns_rates), 2 * analysis.COUNTER_SKEW_S / probe)
+            if ns_rates and probe
+            else None
+        )
         started = [e for e in events[key] if e.event == "started"]
         finished = [e for e in events[key] if e.event == "finished"]
         failed = [e for e in events[key] if e.event == "failed"]
@@ -91,9 +103,13 @@ def build(out: Path) -> Results:
             key.scenario if key.model != "open" else f"{key.scenario} (open)"
         )
         settle = spec.settle_seconds if spec else 0.0
+        planned = started[0].steps if started else None
+        # The rate driver is one process: one core, however many Locust would use.
+        rate_driven = key.scenario in SCENARIOS and SCENARIOS[key.scenario].driver == "rate"
         run_steps = analysis.steps(
-            samples[key], driver_cores, levels, idle_cpu, tick, settle, idle_error
-        )
+            samples[key], 1 if rate_driven else driver_cores, levels, idle_cpu, tick, settle,
+            idle_error, ns_idle, planned,
+        )  # fmt: skip
         runs.append(
             ScenarioRun(
                 key=key,
@@ -109,6 +125,7 @@ def build(out: Path) -> Results:
                 else None,
                 upstream_connections=finished[-1].upstream_connections if finished else None,
                 recorded_requests=analysis.recorded_requests(samples[key]),
+                slo_ms=spec.slo_ms if spec and key.model == "open" else None,
                 lag_series=analysis.lag_series(samples[key])
                 if key.scenario == "starvation"
                 else None,

@@ -71,8 +71,9 @@ CLAIMS: tuple[Claim, ...] = (
         "held_bytes_per_request", "KiB", 1 / 1024, "io_hold", _stackful, "stackful", "stackless",
     ),
     Claim(
-        "cpu", "Stackless extracts more performance from the machine",
-        "cpu:plaintext", "µs", 1, "plaintext", _stackful, "stackful", "stackless",
+        "cpu", "Stackless extracts more performance from the machine (CPU per request at the "
+        "highest offered rate common to every server, the rate sweep)",
+        "common_cpu_us", "µs", 1, "rate", _stackful, "stackful", "stackless",
     ),
     Claim(
         "colouring", "Synchronous libraries do not mix with async code (coloured functions)",
@@ -153,13 +154,18 @@ def _value(figure: Figure, claim: Claim) -> str:
     return f"{number(figure.median * claim.scale, error)} {claim.unit}"
 
 
-# Figures that complete a claim's reading without deciding it:
-# claim key -> (figure name, the words before the list, the words after it).
+# Figures that complete a claim's reading without deciding it: claim key -> (figure name,
+# the words before the list, its unit, the words after it, highest first).
 ALSO = {
-    "colouring": ("offload_overhead_ms", "Offloading the call to a thread costs", "per call"),
-    "starvation": ("starvation_lag_p99_ms", "Scheduler lag p99 meanwhile, at most:", ""),
-    "clients": ("upstream_p99_ms", "/upstream p99 (four 50 ms calls):", ""),
-}
+    "cpu": ("capacity_rps", "Capacity measured (closed loop, one core):", "req/s", "", True),
+    "colouring": (
+        "offload_overhead_ms", "Offloading the call to a thread costs", "ms", "per call", False,
+    ),
+    "starvation": (
+        "starvation_lag_p99_ms", "Scheduler lag p99 meanwhile, at most:", "ms", "", False,
+    ),
+    "clients": ("upstream_p99_ms", "/upstream p99 (four 50 ms calls):", "ms", "", False),
+}  # fmt: skip
 
 
 # Runtimes where /blocking?offload=1 offloads nothing (Go: the same direct call as offload=0).
@@ -169,7 +175,7 @@ NO_OFFLOAD_RUNTIMES = frozenset({"go"})
 def _also(claim: Claim, headline: dict[str, ServerHeadline]) -> str:
     if claim.key not in ALSO:
         return ""
-    name, lead, tail = ALSO[claim.key]
+    name, lead, unit, tail, highest_first = ALSO[claim.key]
     measured = {
         server: figure
         for server, figures in headline.items()
@@ -179,7 +185,14 @@ def _also(claim: Claim, headline: dict[str, ServerHeadline]) -> str:
     # In the order of the figures, as every sentence here is: swapping two servers' figures
     # swaps their names.
     ranked = sorted(measured, key=lambda server: (measured[server].median, server))
-    parts = [f"{server} {number(measured[server].median)} ms" for server in ranked]
+    if highest_first:
+        ranked.reverse()
+    parts = []
+    for server in ranked:
+        figure = measured[server]
+        bound = " (driver-bound: at least)" if figure.driver_bound else ""
+        parts.append(f"{server} {number(figure.median, significant=2 if unit == 'req/s' else 3)}"
+                     f" {unit}{bound}")  # fmt: skip
     return f" {lead} {', '.join(parts)}{' ' + tail if tail else ''}." if parts else ""
 
 

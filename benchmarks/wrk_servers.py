@@ -35,7 +35,7 @@ from launch import BARE, KINDS, SERVERS_HELP, Kind, Launched, Variant, parse_ser
 
 NAGLE_SUSPECT_RPS = 2000  # ~40 ms per response per connection looks like this
 
-# Defaults of the command line, shared with the scripts that reuse `measure` (wrk_vs_cpu.py).
+# Defaults of the command line.
 DURATION_S = 10.0
 WARMUP_S = 2.0
 CONNECTIONS = 64

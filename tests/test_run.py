@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # One server of each model: the pipeline is the same for every server (trio and the other tiers
 # run in test_tier_run_shows_the_c_boundary_in_every_model below).
 SERVERS = {"gevent", "aiohttp"}
-SCENARIOS = "plaintext,io_hold,starvation,coloring,offload"
+SCENARIOS = "plaintext,rate,io_hold,starvation,coloring,offload"
 ARTIFACTS = Path(os.environ.get("STACKBENCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
 
@@ -80,7 +80,7 @@ def test_run_ends_by_printing_where_the_report_is(smoke_run) -> None:
 
 def test_results_validate_against_the_schema(results: dict) -> None:
     jsonschema.validate(results, json.loads(SCHEMA_PATH.read_text()))
-    assert results["schema"] == "stackbench.results/2"
+    assert results["schema"] == "stackbench.results/3"
     assert results["complete"] and not results["interrupted"]
     assert results["lost"] == {"unreadable_sample_lines": 0, "not_measured": [], "failures": []}
     assert {"python", "gevent", "greenlet", "trio", "aiohttp", "locust"} <= set(results["versions"])
@@ -92,6 +92,7 @@ def test_results_validate_against_the_schema(results: dict) -> None:
             assert (server, scenario, "closed") in runs
         assert (server, "starvation", "open") in runs
         assert (server, "io_hold", "held") in runs
+        assert (server, "rate", "open") in runs
     assert all(r["status"] == "ok" for r in results["runs"])
 
 
@@ -134,8 +135,43 @@ def test_figures_are_sane(results: dict) -> None:
             cpu = headline["cpu_us_per_request"][scenario]
             assert 1 < cpu["median"] < 100_000 and cpu["n"] == 1, (server, scenario)
             assert cpu["error"] <= cpu["median"] / 4, (server, scenario, cpu)
-            capacity = headline["capacity_rps_per_core"][scenario]["median"]
-            assert capacity == pytest.approx(1e6 / cpu["median"])
+
+
+def test_the_rate_sweep_measures_capacity_and_cost_at_equal_load(results: dict) -> None:
+    capacities = {}
+    for server in SERVERS:
+        figures = results["headline"][server]["figures"]
+        capacity = figures["capacity_rps"]
+        assert not capacity["driver_bound"], (server, capacity)
+        capacities[server] = capacity["median"]
+        assert figures["saturation_cpu_us"]["median"] > 0
+        assert figures["common_cpu_us"]["at_rps"] > 0
+    # The rate driver is not Locust's limit: it reaches what aiohttp serves, which is more
+    # than Locust could send it.
+    ceiling = results["headline"]["aiohttp"]["figures"]["ceiling_rps"]["median"]
+    assert capacities["aiohttp"] > ceiling
+    common = set()
+    for run in results["runs"]:
+        if run["key"]["scenario"] != "rate":
+            continue
+        for step in run["steps"]:
+            # CPU to the nanosecond, checked against /proc's ticks within both errors.
+            assert step["cpu_source"] == "ns"
+            gap = abs(step["cpu_us_per_request"] - step["cpu_us_ticks"])
+            assert gap <= step["cpu_us_error"] + step["cpu_us_ticks_error"], step
+            assert step["connections"] == 64 and step["errors"] == 0
+            if run["key"]["model"] == "open":
+                assert step["offered_rps"] and step["intended_rps"] == pytest.approx(
+                    step["offered_rps"], rel=0.02
+                )
+                if step["common"]:
+                    common.add(step["offered_rps"])
+                else:
+                    capacity = capacities[run["key"]["server"]]
+                    wanted = step["capacity_fraction"] * capacity
+                    assert step["offered_rps"] == pytest.approx(wanted, rel=0.06)
+    # Offered to every server alike, at most half the slowest one's capacity.
+    assert len(common) == 1 and max(common) <= 0.5 * min(capacities.values())
 
 
 def test_driver_bound_when_locust_is_the_limit(results: dict) -> None:
@@ -162,7 +198,10 @@ def test_report_is_self_contained(smoke_run) -> None:
     without_svg_namespace = page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", without_svg_namespace)
     assert not re.search(r"<(script|link|img|iframe)\b", page)
-    assert page.count("<svg") >= 3
+    assert page.count("<svg") >= 5
+    assert "Capacity and cost at equal load: the rate sweep" in page
+    assert "rate sweep: latency vs offered load" in page
+    assert "rate sweep: server CPU per request vs offered load" in page
     assert "Single run: indicative" in page  # the smoke profile runs once
     assert "driver-bound" in page and "CPU per request" in page
 

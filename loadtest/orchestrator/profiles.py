@@ -59,7 +59,7 @@ PROFILES = {
             open_rate_per_stream=40.0,
             rate_routes=("/",),
             rate_common=1,
-            rate_fractions=(0.5, 1.1),
+            rate_fractions=(0.5,),
         ),
         # All servers and core scenarios in under 4 minutes on 2 cores.
         Profile(

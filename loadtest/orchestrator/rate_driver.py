@@ -115,11 +115,13 @@ def _run_step(
     driver_cpus: list[int],
     scrapers: ThreadPoolExecutor,
 ) -> StepResult:
-    def sample(client: ClientSnapshot | None, latency, driver_cpu: float | None) -> Sample:
+    def sample(
+        client: ClientSnapshot | None, latency, driver_cpu: float | None, at: float
+    ) -> Sample:
         ns, ticks, rss, metrics = _server_reading(server_url, process, scrapers)
         alive = metrics is not None if process is None else process.is_running()
         return Sample(
-            key=key, t=time.time(), step=index,
+            key=key, t=at, step=index,
             server=server_snapshot(metrics) if metrics is not None else None,
             client=client, latency=latency, server_rss_bytes=rss, server_cpu_seconds=ticks,
             server_cpu_ns_seconds=ns, server_alive=alive, driver_cpu_seconds=driver_cpu,
@@ -129,8 +131,11 @@ def _run_step(
         users=float(step.connections), intended=0, dropped=0, errors=0, completed=0,
         error_kinds=dict.fromkeys(rate.ERROR_KINDS, 0.0),
     )  # fmt: skip
-    log.write(sample(baseline, {}, 0.0))
+    log.write(sample(baseline, {}, 0.0, time.time()))
     argv = rate.command(binary, host, port, step, scenario, SAMPLE_INTERVAL_S, seed=index + 1)
+    # A line's time is the driver's own clock (its elapsed since it began, from here): the
+    # step's rates come out exact, whatever the scrapes after each line take.
+    began = time.time()
     driver = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
         text=True, preexec_fn=lambda: os.sched_setaffinity(0, set(driver_cpus)),
@@ -143,10 +148,10 @@ def _run_step(
             driver_cpu = cpu_ns_seconds(driver.pid)
             if line.final:
                 # The answers in flight at the end: recorded, but in no step's window.
-                log.write(sample(None, line.latency, line.cpu_seconds))
+                log.write(sample(None, line.latency, line.cpu_seconds, began + line.elapsed))
             else:
                 measured.append((line.elapsed, line.client.completed))
-                log.write(sample(line.client, line.latency, driver_cpu))
+                log.write(sample(line.client, line.latency, driver_cpu, began + line.elapsed))
         code = driver.wait(timeout=30)
     except (ValueError, KeyError, subprocess.TimeoutExpired) as exc:
         driver.kill()

@@ -28,6 +28,7 @@ __all__ = [
     "Figure",
     "HeldProbe",
     "IdleProbe",
+    "Interval",
     "Line",
     "LinearFit",
     "PlannedStep",
@@ -255,8 +256,9 @@ class HeldProbe(Record):
 
     type: Literal["held"] = "held"
     key: RunKey
-    points: list[HeldPoint]
+    points: list[HeldPoint]  # one per level: the median of its readings
     error: str | None = None
+    samples: list[HeldPoint] | None = None  # every reading of every level (the fit's interval)
 
 
 AnyLine = RunHeader | Event | Sample | IdleProbe | HeldProbe
@@ -296,6 +298,9 @@ def _first_error(exc: ValidationError) -> str:
 # --- results.json -------------------------------------------------------------------------
 
 
+Interval = tuple[float, float]  # a 95 % interval: (low, high), in the figure's unit
+
+
 class RouteFigures(Record):
     count: int
     p50_ms: float
@@ -303,6 +308,10 @@ class RouteFigures(Record):
     p999_ms: float
     max_ms: float
     mean_ms: float
+    # 95 % intervals (loadtest/reporting/intervals.py says how each is made)
+    p50_ci: Interval | None = None
+    p99_ci: Interval | None = None
+    mean_ci: Interval | None = None
 
 
 class Step(Record):
@@ -341,6 +350,12 @@ class Step(Record):
     # this is that bucket's upper bound.
     lag_p99_at_most_ms: float | None
     server_cpu: float  # cores busy (1.0 = one core), idle load subtracted
+    # 95 % intervals of the step's figures, from within the step (intervals.py)
+    p50_ci: Interval | None = None
+    p99_ci: Interval | None = None
+    p999_ci: Interval | None = None
+    cpu_us_ci: Interval | None = None
+    achieved_rps_ci: Interval | None = None
     cpu_us_per_request: float | None
     cpu_us_error: float | None  # the accounting's resolution (ticks or ns), per request
     cpu_source: Literal["ticks", "ns"] = "ticks"
@@ -361,6 +376,7 @@ class LinearFit(Record):
     intercept: float
     r2: float
     points: int
+    slope_ci: Interval | None = None  # 95 %, Student's t on points - 2 degrees of freedom
 
 
 class ScenarioRun(Record):
@@ -392,6 +408,11 @@ class Figure(Record):
     n: int
     values: list[float]
     error: float | None = None  # stated error of one value, in its unit, where known
+    # The 95 % interval of each value (as `values`), from within its own run, and the
+    # envelope of them all; None where the figure has no interval (an input, a count).
+    intervals: list[Interval | None] | None = None
+    low: float | None = None
+    high: float | None = None
     driver_bound: bool = False  # some value was measured while the driver was the limit
     saturated: bool = False  # some value was measured with the server's CPU saturated
     at_rps: float | None = None  # the achieved rate it was measured at (median), where it matters

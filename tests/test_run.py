@@ -202,7 +202,7 @@ def test_report_is_self_contained(smoke_run) -> None:
     assert "Capacity and cost at equal load: the rate sweep" in page
     assert "rate sweep: latency vs offered load" in page
     assert "rate sweep: server CPU per request vs offered load" in page
-    assert "Single run: indicative" in page  # the smoke profile runs once
+    assert "Single run." in page  # the smoke profile runs once
     assert "driver-bound" in page and "CPU per request" in page
 
 
@@ -211,8 +211,10 @@ def test_report_opens_with_a_verdict_on_each_claim(smoke_run) -> None:
     verdict = page[page.index("<h2>Verdict</h2>") : page.index("<h2>CPU per request</h2>")]
     for claim in (*CLAIMS, C_BOUNDARY):
         assert claim.claim in verdict
-    # One repeat decides nothing, and the row says so instead of a verdict.
-    assert "Holds here" not in verdict and "Not decided" in verdict
+    # One run decides where the intervals are apart, and says it is one run.
+    assert "Holds here" not in verdict
+    for decided in re.findall(r"(?:Holds|Does not hold) in this run[^.]*", verdict):
+        assert "95 % intervals apart (one run" in decided, decided
 
 
 def test_report_renders_in_chromium(smoke_run) -> None:

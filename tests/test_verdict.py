@@ -6,6 +6,8 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 from loadtest.records import Figure, ServerHeadline
 from loadtest.reporting import results
 from loadtest.reporting.verdict import ALSO, verdict
@@ -13,11 +15,15 @@ from loadtest.reporting.verdict import ALSO, verdict
 DATA = Path(__file__).parent / "data" / "smoke-run"
 
 
-def figure(*values: float, driver_bound: bool = False) -> Figure:
+def figure(*values: float, driver_bound: bool = False, ci: float | None = 0.05) -> Figure:
+    """Values over repeats, each with a 95 % interval of +-`ci` of itself (None: none)."""
     ordered = sorted(values)
+    intervals = [(v * (1 - ci), v * (1 + ci)) for v in values] if ci is not None else None
     return Figure(
         median=ordered[len(ordered) // 2], min=ordered[0], max=ordered[-1], n=len(values),
-        values=list(values), driver_bound=driver_bound,
+        values=list(values), driver_bound=driver_bound, intervals=intervals,
+        low=min(low for low, _ in intervals) if intervals else None,
+        high=max(high for _, high in intervals) if intervals else None,
     )  # fmt: skip
 
 
@@ -53,14 +59,61 @@ def test_the_sentences_follow_the_figures_when_two_servers_swap() -> None:
     assert "Does not hold here" in swapped[colouring]
 
 
+MEMORY = "A stackful task costs more memory"
+
+
+def test_one_run_decides_where_the_intervals_are_apart() -> None:
+    # Two kinds 3x apart, each with a 5 % interval: decided on one run, and said to be one run.
+    single = readings({"gevent": headline((30_000,), (4.5,)), "trio": headline((10_000,), (99,))})
+    assert "Holds in this run: every stackful (gevent) server measured more" in single[MEMORY]
+    assert (
+        "95 % intervals apart (one run: how much it varies between runs is not known"
+        in (single[MEMORY])
+    )
+    # Reversed, it does not hold (and is decided so).
+    reversed_ = readings(
+        {"gevent": headline((10_000,), (99,)), "trio": headline((30_000,), (4.5,))}
+    )
+    assert "Does not hold in this run" in reversed_[MEMORY]
+
+
+@pytest.mark.parametrize(("apart", "decided"), [(0.9, False), (1.1, True)])
+def test_the_rule_is_the_intervals_being_apart(apart: float, decided: bool) -> None:
+    """The two values `apart` x their combined half-widths from each other: at 0.9x the
+    intervals overlap and nothing is decided, at 1.1x they are apart and the claim is."""
+    low, ci = 10_000.0, 0.05
+    # high - low = apart * (ci * high + ci * low)
+    high = low * (1 + apart * ci) / (1 - apart * ci)
+    for stackful, stackless, verdict_word in ((high, low, "Holds"), (low, high, "Does not hold")):
+        run = {"gevent": headline((stackful,), (4.5,)), "trio": headline((stackless,), (99,))}
+        row = next(r for r in verdict(run) if r.claim.startswith(MEMORY))
+        assert row.decided is decided, row.reading
+        assert ("the 95 % intervals overlap" in row.reading) is not decided
+        assert (f"{verdict_word} in this run" in row.reading) is decided
+
+
+def test_the_two_memory_methods_disagreeing_block_the_decision() -> None:
+    run = {"gevent": headline((30_000,), (4.5,)), "trio": headline((10_000,), (99,))}
+    run["gevent"].figures["bytes_per_request"] = figure(36_000)  # 20 % off the held figure
+    row = next(r for r in verdict(run) if r.claim.startswith(MEMORY))
+    assert not row.decided
+    assert "the two memory methods" in row.reading and "gevent 20%" in row.reading
+    run["gevent"].figures["bytes_per_request"] = figure(31_000)  # within 15 %: decided
+    assert next(r for r in verdict(run) if r.claim.startswith(MEMORY)).decided
+
+
 def test_a_claim_the_run_cannot_decide_says_why_instead_of_a_verdict() -> None:
-    single = readings({"gevent": headline((31_000,), (4.5,)), "trio": headline((9_500,), (99,))})
-    assert "Not decided: one repeat has no spread" in single["A stackful task costs more memory"]
+    no_interval = {
+        "gevent": ServerHeadline(cpu_us_per_request={}, figures={
+            "held_bytes_per_request": figure(31_000, ci=None)}),
+        "trio": headline((9_500,), (99,)),
+    }  # fmt: skip
+    assert "Not decided: no 95 % interval for gevent" in readings(no_interval)[MEMORY]
     overlapping = readings({
         "gevent": headline((9_000, 20_000, 31_000), (4.5, 5, 6)),
         "trio": headline((8_000, 10_000, 12_000), (99, 100, 101)),
     })  # fmt: skip
-    assert "ranges overlap" in overlapping["A stackful task costs more memory"]
+    assert "overlap" in overlapping["A stackful task costs more memory"]
     bound = {"gevent": headline(*GEVENT), "trio": headline(*TRIO)}
     bound["trio"].figures["coloring_probe_p99_ms"] = figure(95.0, 99.0, driver_bound=True)
     assert "driver-bound" in readings(bound)["Synchronous libraries do not mix with async code"]

@@ -148,13 +148,16 @@ class _HeldSockets:
         self.selector.close()
 
 
-def measure(url: str, pid: int, levels: tuple[int, ...], hold_ms: int = HOLD_MS) -> list[HeldPoint]:
+def measure(
+    url: str, pid: int, levels: tuple[int, ...], hold_ms: int = HOLD_MS
+) -> tuple[list[HeldPoint], list[HeldPoint]]:
     """Bytes of server RSS per in-flight request, from raw connections held on /sleep.
 
     For each level (increasing; each is a total, so only the difference is opened) it opens
     sockets that each send one `GET /sleep?ms={hold_ms}` with the headers Locust sends, waits until
     the server's `http_server_active_requests` gauge reaches the number held and RSS has
-    settled, and records the median of a few (gauge, RSS) pairs. The slope is least squares of
+    settled, and records the median of a few (gauge, RSS) pairs (returned with every pair read,
+    for the fit's interval). The slope is least squares of
     RSS on the gauge across the levels. Every socket is closed before returning. All levels must
     be measured before the first requests complete, so the whole call takes under `hold_ms`;
     if time runs out it raises HeldError.
@@ -176,16 +179,21 @@ def measure(url: str, pid: int, levels: tuple[int, ...], hold_ms: int = HOLD_MS)
     sockets = _HeldSockets(address, request)
     deadline = time.monotonic() + hold_ms / 1000 - SAFETY_MARGIN_S
     points: list[HeldPoint] = []
+    readings: list[HeldPoint] = []
     try:
         for level in levels:
             sockets.open(level - len(sockets.held) - len(sockets.pending))
-            in_flight, rss = _settle(url, pid, sockets, level, deadline)
-            points.append(HeldPoint(in_flight=in_flight, rss_bytes=rss))
+            samples = _settle(url, pid, sockets, level, deadline)
+            readings += [HeldPoint(in_flight=x, rss_bytes=y) for x, y in samples]
+            points.append(HeldPoint(
+                in_flight=statistics.median(x for x, _ in samples),
+                rss_bytes=statistics.median(y for _, y in samples),
+            ))  # fmt: skip
     except (OSError, RuntimeError) as exc:  # TimeoutError and ConnectionError included
         raise HeldError(str(exc)) from None
     finally:
         sockets.close()
-    return points
+    return points, readings
 
 
 def expected_seconds(levels: tuple[int, ...]) -> float:
@@ -193,9 +201,11 @@ def expected_seconds(levels: tuple[int, ...]) -> float:
     return 1.5 * len(levels)
 
 
-def _settle(url: str, pid: int, sockets: _HeldSockets, level: int, deadline: float) -> list[float]:
-    """Wait until `level` requests are held and in flight and RSS is steady; return the median
-    (gauge, RSS) of a few samples."""
+def _settle(
+    url: str, pid: int, sockets: _HeldSockets, level: int, deadline: float
+) -> list[tuple[float, float]]:
+    """Wait until `level` requests are held and in flight and RSS is steady; return a few
+    (gauge, RSS) readings."""
     history: list[tuple[float, int]] = []
     while True:
         if time.monotonic() > deadline:
@@ -219,5 +229,5 @@ def _settle(url: str, pid: int, sockets: _HeldSockets, level: int, deadline: flo
     samples = []
     for _ in range(SAMPLES_PER_POINT):
         sockets.poll(POLL_INTERVAL_S)
-        samples.append((active_requests(url), rss_bytes(pid)))
-    return [statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)]
+        samples.append((active_requests(url), float(rss_bytes(pid))))
+    return samples

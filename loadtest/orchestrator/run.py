@@ -589,12 +589,12 @@ def _run_held(job: Job) -> None:
     _event(log, key, "started", levels=list(levels))
     try:
         with ServerProcess(key.server, cpus=set(server_cpus)) as server:
-            points = held.measure(server.url, server.pid, levels)
+            points, readings = held.measure(server.url, server.pid, levels)
     except (held.HeldError, ServerStartError) as exc:
         log.write(HeldProbe(key=key, points=[], error=str(exc)))
         _event(log, key, "failed", error=str(exc))
     else:
-        log.write(HeldProbe(key=key, points=points))
+        log.write(HeldProbe(key=key, points=points, samples=readings))
         _event(log, key, "finished")
     finally:
         progress.finish_scenario(plan.seconds(key.scenario, key.model))

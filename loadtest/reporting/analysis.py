@@ -21,6 +21,7 @@ from loadtest.records import (
     Sample,
     Step,
 )
+from loadtest.reporting import intervals
 
 __all__ = [
     "BUSY_FRACTION",
@@ -85,7 +86,9 @@ def recorded_requests(samples: list[Sample]) -> dict[str, int]:
     return {route: h.get_total_count() for route, h in merged.items()}
 
 
-def _route_figures(histogram) -> RouteFigures:
+def _route_figures(histogram, batches: list = ()) -> RouteFigures:
+    """A route's percentiles, with the 95 % intervals of p50, p99 and the mean from its
+    histogram and the per-second `batches` of it (intervals.py)."""
     values = histograms.percentiles_ms(histogram, PERCENTILES)
     return RouteFigures(
         count=histogram.get_total_count(),
@@ -94,7 +97,29 @@ def _route_figures(histogram) -> RouteFigures:
         p999_ms=values[99.9],
         max_ms=values[100.0],
         mean_ms=histogram.get_mean_value() / 1000,
+        p50_ci=intervals.quantile_ci(histogram, 0.5, batches),
+        p99_ci=intervals.quantile_ci(histogram, 0.99, batches),
+        mean_ci=intervals.mean_ci(histogram, batches),
     )
+
+
+def _overall(per_route: dict[str, object]):
+    """Every route's requests in one histogram."""
+    return histograms.merge(histograms.encode(h) for h in per_route.values() if h.get_total_count())
+
+
+def _batches(window: list[Sample], usable: list[Sample]) -> list[tuple[Sample, Sample, list]]:
+    """The step cut into consecutive batches of intervals.BATCH_SAMPLES samples (a second):
+    each batch's bounding samples and the latency intervals inside it."""
+    bounds = usable[:: intervals.BATCH_SAMPLES]
+    return [
+        (start, end, [s.latency for s in window if start.t < s.t <= end.t and s.latency])
+        for start, end in pairwise(bounds)
+    ]
+
+
+def _cpu_of(sample: Sample, source: str) -> float | None:
+    return sample.server_cpu_ns_seconds if source == "ns" else sample.server_cpu_seconds
 
 
 def cpu_step(
@@ -148,14 +173,19 @@ def step_figures(
     c0, c1 = first.client, last.client
     s0, s1 = first.server, last.server
     assert c0 and c1 and s0 and s1  # for the type checker: filtered above
-    intervals = [s.latency for s in window if first.t < s.t <= last.t and s.latency]
-    latency = _merged(intervals, "latency")
-    service = _merged(intervals, "service") or latency
-    routes = {route: _route_figures(h) for route, h in latency.items() if h.get_total_count()}
-    everything = histograms.merge(
-        histograms.encode(h) for h in latency.values() if h.get_total_count()
-    )
-    overall = _route_figures(everything) if everything.get_total_count() else None
+    parts = [s.latency for s in window if first.t < s.t <= last.t and s.latency]
+    latency = _merged(parts, "latency")
+    service = _merged(parts, "service") or latency
+    batches = _batches(window, usable)
+    batch_latency = [_merged(parts, "latency") for _, _, parts in batches]
+    routes = {
+        route: _route_figures(h, [b[route] for b in batch_latency if route in b])
+        for route, h in latency.items()
+        if h.get_total_count()
+    }
+    everything = _overall(latency)
+    batch_overall = [_overall(b) for b in batch_latency]
+    overall = _route_figures(everything, batch_overall) if everything.get_total_count() else None
     uncorrected = histograms.merge(
         histograms.encode(h) for h in service.values() if h.get_total_count()
     )
@@ -179,6 +209,21 @@ def step_figures(
         driver_cpu = (last.driver_cpu_seconds - first.driver_cpu_seconds) / seconds
     gross_server_cpu = (cpu_used or 0.0) / seconds
     mean_ms = overall.mean_ms if overall else None
+    # Per second: CPU per request and the rate, for their batch-means intervals.
+    per_second_cpu, per_second_rate = [], []
+    for start, end, _ in batches:
+        span = end.t - start.t
+        done = end.client.completed - start.client.completed  # type: ignore[union-attr]
+        used0, used1 = _cpu_of(start, source), _cpu_of(end, source)
+        if span > 0:
+            per_second_rate.append(done / span)
+        if span > 0 and done > 0 and used0 is not None and used1 is not None:
+            per_second_cpu.append(max(0.0, used1 - used0 - idle_cpu * span) / done * 1e6)
+    cpu_half = intervals.batch_half_width(per_second_cpu)
+    rate_half = intervals.batch_half_width(per_second_rate)
+    cpu_ci = None
+    if cpu_us is not None:
+        cpu_ci = intervals.around(cpu_us, (cpu_error or 0.0) + (cpu_half or 0.0))
     return Step(
         users=c1.users,
         seconds=seconds,
@@ -203,6 +248,11 @@ def step_figures(
         else None,
         routes=routes,
         lag_p99_at_most_ms=_ms_or_none(bucket_bound(0.99, _delta(s1.lag, s0.lag))),
+        p50_ci=overall.p50_ci if overall else None,
+        p99_ci=overall.p99_ci if overall else None,
+        p999_ci=intervals.quantile_ci(everything, 0.999, batch_overall) if overall else None,
+        cpu_us_ci=cpu_ci,
+        achieved_rps_ci=intervals.around(achieved, rate_half) if rate_half is not None else None,
         server_cpu=max(0.0, gross_server_cpu - idle_cpu),
         cpu_us_per_request=cpu_us,
         cpu_us_error=cpu_error,
@@ -310,7 +360,7 @@ def linear_fit(points: list[tuple[float, float]]) -> LinearFit | None:
     ss_res = sum((y - (slope * x + intercept)) ** 2 for x, y in points)
     return LinearFit(
         slope=slope, intercept=intercept, r2=1 - ss_res / ss_tot if ss_tot else 1.0,
-        points=len(points),
+        points=len(points), slope_ci=intervals.slope_ci(points),
     )  # fmt: skip
 
 
@@ -322,6 +372,12 @@ def memory_fit(run_steps: list[Step]) -> LinearFit | None:
     ])  # fmt: skip
 
 
-def held_fit(points: list[HeldPoint]) -> LinearFit | None:
-    """Bytes per in-flight request with raw held connections and no Locust traffic."""
-    return linear_fit([(p.in_flight, p.rss_bytes) for p in points])
+def held_fit(points: list[HeldPoint], samples: list[HeldPoint] | None = None) -> LinearFit | None:
+    """Bytes per in-flight request with raw held connections and no Locust traffic: the fit of
+    each level's median reading; its interval from every reading of every level (with three
+    levels the medians alone leave one degree of freedom)."""
+    fit = linear_fit([(p.in_flight, p.rss_bytes) for p in points])
+    if fit is None or not samples:
+        return fit
+    every = [(p.in_flight, p.rss_bytes) for p in samples]
+    return fit.model_copy(update={"slope_ci": intervals.slope_ci(every)})

@@ -21,7 +21,7 @@ from loadtest.driver.scenarios import (
     UPSTREAM_CALLS,
     UPSTREAM_MS,
 )
-from loadtest.records import Figure, ScenarioRun, ServerHeadline, Step
+from loadtest.records import Figure, Interval, ScenarioRun, ServerHeadline, Step
 
 __all__ = [
     "CPU",
@@ -50,6 +50,7 @@ class Reading:
     error: float | None = None
     at_rps: float | None = None
     saturated: bool = False
+    ci: Interval | None = None  # 95 %, from within the run (intervals.py)
 
 
 @dataclass(frozen=True)
@@ -102,11 +103,13 @@ def quiet_step(run: ScenarioRun, level: float | None = None) -> Step | None:
 def _ceiling(run: ScenarioRun) -> Reading:
     top = max(run.steps, key=lambda s: s.achieved_rps)
     # A ceiling only if one side was the limit there: the report marks it a lower bound else.
-    return Reading(top.achieved_rps, driver_bound=top.driver_bound, saturated=top.server_saturated)
+    return Reading(top.achieved_rps, driver_bound=top.driver_bound,
+                   saturated=top.server_saturated, ci=top.achieved_rps_ci)  # fmt: skip
 
 
 def _fit_slope(run: ScenarioRun) -> Reading:
-    return Reading(run.memory_fit.slope if run.memory_fit else None)
+    fit = run.memory_fit
+    return Reading(fit.slope, ci=fit.slope_ci) if fit else Reading(None)
 
 
 def _fit_r2(run: ScenarioRun) -> Reading:
@@ -123,7 +126,8 @@ def _route_p99(route: str, step: Callable[[ScenarioRun], Step | None]) -> Callab
         chosen = step(run)
         if chosen is None or route not in chosen.routes:
             return Reading(None)
-        return Reading(chosen.routes[route].p99_ms, chosen.driver_bound)
+        figures = chosen.routes[route]
+        return Reading(figures.p99_ms, chosen.driver_bound, ci=figures.p99_ci)
 
     return read
 
@@ -136,7 +140,7 @@ def _route_p50(route: str) -> Callable[[ScenarioRun], Reading]:
     def read(run: ScenarioRun) -> Reading:
         top = _top(run)
         figures = top.routes.get(route) if top else None
-        return Reading(figures.p50_ms if figures else None)
+        return Reading(figures.p50_ms, ci=figures.p50_ci) if figures else Reading(None)
 
     return read
 
@@ -147,7 +151,8 @@ def _offload_overhead(run: ScenarioRun) -> Reading:
     light = run.steps[0].routes.get(OFFLOADED) if run.steps else None
     if light is None:
         return Reading(None)
-    return Reading(light.mean_ms - BLOCKING_MS, error=light.mean_ms * 1e-3)
+    ci = (light.mean_ci[0] - BLOCKING_MS, light.mean_ci[1] - BLOCKING_MS) if light.mean_ci else None
+    return Reading(light.mean_ms - BLOCKING_MS, error=light.mean_ms * 1e-3, ci=ci)
 
 
 # The rate sweep's figures. Its steps are the rate driver's: ns CPU accounting, latency from
@@ -163,7 +168,7 @@ def _capacity(run: ScenarioRun) -> Reading:
     top = _capacity_step(run)
     if top is None:
         return Reading(None)
-    return Reading(top.achieved_rps, driver_bound=top.driver_bound)
+    return Reading(top.achieved_rps, driver_bound=top.driver_bound, ci=top.achieved_rps_ci)
 
 
 def _saturation_cpu(run: ScenarioRun) -> Reading:
@@ -172,7 +177,7 @@ def _saturation_cpu(run: ScenarioRun) -> Reading:
         return Reading(None)
     # Saturated on purpose: this is the cost where one wake-up serves many requests.
     return Reading(top.cpu_us_per_request, driver_bound=top.driver_bound,
-                   error=top.cpu_us_error, at_rps=top.achieved_rps)  # fmt: skip
+                   error=top.cpu_us_error, at_rps=top.achieved_rps, ci=top.cpu_us_ci)  # fmt: skip
 
 
 def _common_cpu(run: ScenarioRun) -> Reading:
@@ -182,7 +187,7 @@ def _common_cpu(run: ScenarioRun) -> Reading:
         return Reading(None)
     return Reading(top.cpu_us_per_request, driver_bound=top.driver_bound,
                    error=top.cpu_us_error, at_rps=top.offered_rps,
-                   saturated=top.server_saturated)  # fmt: skip
+                   saturated=top.server_saturated, ci=top.cpu_us_ci)  # fmt: skip
 
 
 def _p99_at(fraction: float) -> Callable[[ScenarioRun], Reading]:
@@ -190,7 +195,8 @@ def _p99_at(fraction: float) -> Callable[[ScenarioRun], Reading]:
         step = next((s for s in run.steps if s.capacity_fraction == fraction), None)
         if step is None or step.p99_ms is None:
             return Reading(None)
-        return Reading(step.p99_ms, driver_bound=step.driver_bound, at_rps=step.offered_rps)
+        return Reading(step.p99_ms, driver_bound=step.driver_bound, at_rps=step.offered_rps,
+                       ci=step.p99_ci)  # fmt: skip
 
     return read
 
@@ -220,11 +226,14 @@ def _upstream_connections(run: ScenarioRun) -> Reading:
 
 
 def _fixed(attribute: str) -> Callable[[ScenarioRun], Reading]:
+    interval = {"p50_ms": "p50_ci", "p99_ms": "p99_ci", "p999_ms": "p999_ci"}.get(attribute)
+
     def read(run: ScenarioRun) -> Reading:
         top = _top(run)
         if top is None:
             return Reading(None)
-        return Reading(getattr(top, attribute), top.driver_bound)
+        ci = getattr(top, interval) if interval else None
+        return Reading(getattr(top, attribute), top.driver_bound, ci=ci)
 
     return read
 
@@ -353,7 +362,7 @@ def _cpu(run: ScenarioRun, level: float | None = None) -> Reading:
         return Reading(None)
     return Reading(
         step.cpu_us_per_request, driver_bound=step.driver_bound, error=step.cpu_us_error,
-        at_rps=step.achieved_rps, saturated=step.server_saturated,
+        at_rps=step.achieved_rps, saturated=step.server_saturated, ci=step.cpu_us_ci,
     )  # fmt: skip
 
 
@@ -364,6 +373,8 @@ def _figure(readings: list[Reading]) -> Figure | None:
     values = [r.value for r in present if r.value is not None]
     errors = [r.error for r in present if r.error is not None]
     rates = [r.at_rps for r in present if r.at_rps is not None]
+    cis = [r.ci for r in present]
+    known = [ci for ci in cis if ci is not None]
     return Figure(
         median=statistics.median(values),
         min=min(values),
@@ -371,6 +382,10 @@ def _figure(readings: list[Reading]) -> Figure | None:
         n=len(values),
         values=values,
         error=max(errors) if errors else None,
+        intervals=cis if known else None,
+        # The envelope of every value's interval: with repeats, what all of them allow.
+        low=min(ci[0] for ci in known) if len(known) == len(cis) and known else None,
+        high=max(ci[1] for ci in known) if len(known) == len(cis) and known else None,
         driver_bound=any(r.driver_bound for r in present),
         saturated=any(r.saturated for r in present),
         at_rps=statistics.median(rates) if rates else None,

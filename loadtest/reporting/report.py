@@ -14,7 +14,7 @@ from loadtest.reporting import charts
 from loadtest.reporting.colours import COLOURS, OTHER_COLOUR
 from loadtest.reporting.figures import FIGURES, MEMORY_DISAGREEMENT, SUSTAINED, served
 from loadtest.reporting.formatting import number
-from loadtest.reporting.verdict import verdict
+from loadtest.reporting.verdict import ONE_RUN_RULE, verdict
 from servers.contract import IMPLS
 from servers.upstream import CLIENTS as UPSTREAM_CLIENTS
 
@@ -49,7 +49,14 @@ def _cell(
         return '<td class="num">&ndash;</td>'
     error = figure.error * scale if figure.error else None
     text = prefix + number(figure.median * scale, error)
-    if error is not None and show_error:
+    if figure.low is not None and figure.high is not None:
+        # Its 95 % interval from within the run (with repeats: the envelope of them all).
+        half = max(figure.high - figure.median, figure.median - figure.low) * scale
+        text += (
+            f' <span class="note" title="95 % interval, from within the run">'
+            f"&plusmn; {number(half, significant=2)}</span>"
+        )
+    elif error is not None and show_error:
         text += f' <span class="note">&plusmn; {number(error, significant=1)}</span>'
     if figure.n > 1:
         text += (
@@ -176,7 +183,7 @@ def _sweep_table(results: Results) -> str:
         "stall delays every request due during it (corrected for coordinated omission). CPU "
         "per request is read from the server's CPU clock to the nanosecond. Sustainable "
         "throughput: the highest offered rate served in full (achieved/offered &ge; "
-        f"{SUSTAINED:.0%}) with its p99 within the SLO ({number(slo) if slo else '?'} ms, "
+        f"{SUSTAINED:.0%}) with its p99 within the SLO ({f'{slo:g}' if slo else '?'} ms, "
         "<code>--slo-ms</code>).</p>\n"
         "<table><tr><th>server</th><th>capacity req/s</th><th>CPU µs per request at capacity"
         "</th><th>CPU µs per request at the highest common rate</th>"
@@ -522,10 +529,11 @@ def _repeats_note(results: Results) -> str:
     repeats = results.profile.repeat
     if repeats == 1:
         return (
-            '<p class="warn"><b>Single run: indicative.</b> Every figure below was measured '
-            "once, so nothing here says how much it varies from run to run; use "
-            "<code>--repeat 3</code> (or the standard profile) for medians with their "
-            "min&ndash;max, and <code>stackbench compare</code> to test a difference.</p>"
+            '<p class="warn"><b>Single run.</b> Every figure below was measured once: its '
+            "&plusmn; is its 95 % interval from within this run (how much it moved inside the "
+            "run), not how much it varies between runs. Use <code>--repeat 3</code> (or the "
+            "standard profile) for medians with their min&ndash;max, and <code>stackbench "
+            "compare</code> to test a difference.</p>"
         )
     return (
         f'<p class="note">{repeats} repeats: each figure is the median, with its '
@@ -646,9 +654,8 @@ request at the highest offered rate common to every server (the rate sweep), CPU
 task of a fan-out (the fanout request's CPU less a plaintext
 request's, over its 20 children), <code>/json</code> p99 beside blocking calls (inline, in
 Python and in C) and beside CPU-bound requests, and server CPU per request that calls another
-service through the server's own HTTP client (urllib3, aiohttp's, httpx). A claim is decided
-only where the repeats' ranges of the two kinds of server do not overlap; otherwise the row
-says what is missing.</p>
+service through the server's own HTTP client (urllib3, aiohttp's, httpx).
+{html.escape(ONE_RUN_RULE)} Otherwise the row says why not. &plusmn;: the 95 % interval from within the run.</p>
 {_verdict_table(results)}
 {_sweep_table(results)}
 <h2>CPU per request</h2>

@@ -94,7 +94,7 @@ def build(out: Path) -> Results:
             error = probe.error
             run = ScenarioRun(
                 key=key, status=status, error=error, samples=len(probe.points), steps=[],
-                driver_bound=False, memory_fit=analysis.held_fit(probe.points),
+                driver_bound=False, memory_fit=analysis.held_fit(probe.points, probe.samples),
             )  # fmt: skip
             runs.append(run)
             continue

@@ -2,7 +2,10 @@
 futures), each read off this run's headline figures, free of I/O.
 
 Every sentence is written from the figures: which server measured what, in which order, by how
-much, and whether the spread of the repeats lets the run decide. The same code with two
+much, and whether the run decides. The rule (ONE_RUN_RULE): a claim holds when every server of
+the kind it names as higher lies above every server of the other kind with their 95 % intervals
+(from within the run: intervals.py) apart; it does not hold when they are apart the other way;
+with repeats, the repeats' min-max ranges must be apart too. The same code with two
 servers' figures swapped says the opposite (tests/test_verdict.py checks that). Where the run
 could not measure a claim (its scenario not run, the figure driver-bound, a single repeat), the
 row says so and what to run instead.
@@ -33,6 +36,16 @@ NATIVE_RUNTIMES = frozenset({"go", "tokio"})
 ARCHETYPES = {"gevent": "go", "asyncio": "tokio", "trio": "tokio"}
 GO_MIN_STACK_KIB = 2  # Go's smallest goroutine stack: the debate's reference
 PER_CHILD = "fanout:per_child"
+ONE_RUN_RULE = (
+    "A claim holds when every server of the kind it names as higher measured above every "
+    "server of the other kind with their 95 % intervals (from within the run) apart, and does "
+    "not hold when they are apart the other way; with repeats, the repeats' ranges must not "
+    "overlap either."
+)
+ONE_RUN = "(one run: how much it varies between runs is not known; --repeat 3 tests it)"
+# The two memory methods (held connections, and RSS under Locust) disagreeing by more than this
+# leave the memory claim undecided: one of them measures something else.
+MEMORY_METHODS_AGREE = 0.15
 
 
 @dataclass(frozen=True)
@@ -126,9 +139,14 @@ def _per_child(headline: ServerHeadline) -> Figure | None:
     children = _fanout_children()
     low, high = (fanout.min - plain.max) / children, (fanout.max - plain.min) / children
     median = (fanout.median - plain.median) / children
+    ci_low = ci_high = None
+    if None not in (fanout.low, fanout.high, plain.low, plain.high):
+        ci_low = (fanout.low - plain.high) / children  # type: ignore[operator]
+        ci_high = (fanout.high - plain.low) / children  # type: ignore[operator]
     return Figure(
         median=median, min=min(low, median), max=max(high, median), n=min(fanout.n, plain.n),
         values=[median], driver_bound=fanout.driver_bound or plain.driver_bound,
+        low=ci_low, high=ci_high,
     )  # fmt: skip
 
 
@@ -143,6 +161,9 @@ def _figure(headline: ServerHeadline, name: str) -> Figure | None:
 def _shown(figure: Figure, claim: Claim) -> str:
     error = figure.error * claim.scale if figure.error else None
     text = f"{number(figure.median * claim.scale, error)} {claim.unit}"
+    if figure.low is not None and figure.high is not None:
+        half = max(figure.high - figure.median, figure.median - figure.low) * claim.scale
+        text += f" ± {number(half, significant=2)}"
     if figure.n > 1:
         low, high = (number(v * claim.scale, error) for v in (figure.min, figure.max))
         text += f" ({low}-{high}, n={figure.n})"
@@ -252,30 +273,78 @@ def _row(claim: Claim, headline: dict[str, ServerHeadline]) -> Row:
         )  # fmt: skip
     if any(f.driver_bound for f in measured.values()):
         return Row(claim.claim, shown, f"{order} Not decided: a figure is driver-bound.", False)
-    if min(f.n for f in measured.values()) < 2:
-        return Row(
-            claim.claim, shown,
-            f"{order} Not decided: one repeat has no spread (run with --repeat 3).", False,
-        )  # fmt: skip
-    # Decided only where the ranges of the repeats do not overlap.
-    high_low = min(f.min for f in higher.values())
-    high_high = max(f.max for f in higher.values())
-    low_low = min(f.min for f in lower.values())
-    low_high = max(f.max for f in lower.values())
+    if claim.key == "memory" and (disagree := _methods_disagree(headline, measured)):
+        return Row(claim.claim, shown, f"{order} Not decided: {disagree}.", False)
     groups = f"{claim.higher_name} ({', '.join(sorted(higher))})"
     others = f"{claim.lower_name} ({', '.join(sorted(lower))})"
-    if high_low > low_high:
-        verdict = f"Holds here: every {groups} server measured more than every {others} one."
-    elif high_high < low_low:
+    decision = decide(higher, lower)
+    repeats = min(f.n for f in measured.values()) >= 2
+    if decision in ("holds", "fails") and repeats:
+        ranges = _ranges_apart(higher, lower)
+        if ranges != decision:
+            return Row(
+                claim.claim, shown,
+                f"{order} Not decided: the intervals are apart, but the {groups} and {others} "
+                "repeats' ranges overlap.", False,
+            )  # fmt: skip
+    where = "Holds here" if repeats else "Holds in this run"
+    where_not = "Does not hold here" if repeats else "Does not hold in this run"
+    tail = "" if repeats else f" {ONE_RUN}"
+    if decision == "holds":
         verdict = (
-            f"Does not hold here: every {groups} server measured less than every {others} one."
+            f"{where}: every {groups} server measured more than every {others} one, their 95 % "
+            f"intervals apart{tail}."
+        )
+    elif decision == "fails":
+        verdict = (
+            f"{where_not}: every {groups} server measured less than every {others} one, their "
+            f"95 % intervals apart{tail}."
         )
     else:
-        return Row(
-            claim.claim, shown,
-            f"{order} Not decided: the {groups} and {others} ranges overlap.", False,
-        )  # fmt: skip
+        return Row(claim.claim, shown, f"{order} Not decided: {decision}.", False)
     return Row(claim.claim, shown, f"{order} {verdict}", True)
+
+
+def decide(higher: dict[str, Figure], lower: dict[str, Figure]) -> str:
+    """ "holds" when every `higher` figure's interval lies above every `lower` one's, "fails"
+    when below; else why not (intervals overlap, or a figure has none)."""
+    figures = {**higher, **lower}
+    missing = sorted(s for s, f in figures.items() if f.low is None or f.high is None)
+    if missing:
+        return f"no 95 % interval for {', '.join(missing)}"
+    if min(f.low for f in higher.values()) > max(f.high for f in lower.values()):  # type: ignore[type-var]
+        return "holds"
+    if max(f.high for f in higher.values()) < min(f.low for f in lower.values()):  # type: ignore[type-var]
+        return "fails"
+    return "the 95 % intervals overlap"
+
+
+def _ranges_apart(higher: dict[str, Figure], lower: dict[str, Figure]) -> str:
+    if min(f.min for f in higher.values()) > max(f.max for f in lower.values()):
+        return "holds"
+    if max(f.max for f in higher.values()) < min(f.min for f in lower.values()):
+        return "fails"
+    return "overlap"
+
+
+def _methods_disagree(
+    headline: dict[str, ServerHeadline], measured: dict[str, Figure]
+) -> str | None:
+    """Where the held-connection figure and the one under Locust differ by more than
+    MEMORY_METHODS_AGREE for a server: one of them measures something else there."""
+    gaps = []
+    for server, held in sorted(measured.items()):
+        locust = headline[server].figures.get("bytes_per_request")
+        if locust is not None and held.median > 0:
+            gap = abs(locust.median - held.median) / held.median
+            if gap > MEMORY_METHODS_AGREE:
+                gaps.append(f"{server} {gap:.0%}")
+    if not gaps:
+        return None
+    return (
+        f"the two memory methods (held connections, RSS under Locust) disagree by more than "
+        f"{MEMORY_METHODS_AGREE:.0%}: {', '.join(gaps)}"
+    )
 
 
 def _beside(claim: Claim, headline: dict[str, ServerHeadline]) -> str:
@@ -296,19 +365,21 @@ def _beside(claim: Claim, headline: dict[str, ServerHeadline]) -> str:
     lower = [s for s in native if not claim.higher(s)]
     if higher and lower:
         high, low = native[higher[0]], native[lower[0]]
-        if min(high.n, low.n) < 2 or high.driver_bound or low.driver_bound:
+        decision = decide({higher[0]: high}, {lower[0]: low})
+        if min(high.n, low.n) >= 2 and _ranges_apart({"a": high}, {"b": low}) != decision:
+            decision = "the repeats' ranges overlap"
+        if high.driver_bound or low.driver_bound:
             holds = "more" if high.median > low.median else "less"
-            why = "one repeat" if min(high.n, low.n) < 2 else "a driver-bound figure"
             text += (
-                f" (the {claim.higher_name} one measured {holds} at the medians; {why} does "
-                "not decide)"
+                f" (the {claim.higher_name} one measured {holds} at the medians; a driver-bound "
+                "figure does not decide)"
             )
-        elif high.min > low.max:
+        elif decision == "holds":
             text += f" (holds between them: the {claim.higher_name} one measured more)"
-        elif high.max < low.min:
+        elif decision == "fails":
             text += f" (does not hold between them: the {claim.higher_name} one measured less)"
         else:
-            text += " (their ranges overlap)"
+            text += f" (not decided between them: {decision})"
     distances = []
     for server in sorted(measured):
         archetype = ARCHETYPES.get(RUNTIMES.get(server, ""))
@@ -346,7 +417,10 @@ def _c_boundary_row(headline: dict[str, ServerHeadline]) -> Row:
             "server (stackbench run --scenarios coloring,c_boundary).",
             False,
         )  # fmt: skip
-    parts, holds, fails = [], [], []
+    parts: list[str] = []
+    holds: list[str] = []
+    fails: list[str] = []
+    reasons: list[str] = []
     for server, (python, c) in sorted(pairs.items()):
         ratio = c.median / python.median if python.median else float("inf")
         times = number(ratio, significant=2)
@@ -354,17 +428,28 @@ def _c_boundary_row(headline: dict[str, ServerHeadline]) -> Row:
             f"{server}'s /json p99 is {_value(c, claim)} beside blocking calls in C against "
             f"{_value(python, claim)} beside the same calls in Python ({times}x)"
         )
-        if min(python.n, c.n) >= 2 and not (python.driver_bound or c.driver_bound):
-            (holds if c.min > python.max else fails if c.max < python.min else []).append(server)
+        if python.driver_bound or c.driver_bound:
+            continue
+        decision = decide({server: c}, {server: python})
+        if min(python.n, c.n) >= 2 and _ranges_apart({server: c}, {server: python}) != decision:
+            decision = "the repeats' ranges overlap"
+        (holds if decision == "holds" else fails if decision == "fails" else []).append(server)
+        reasons.append(decision)
     text = "; ".join(parts) + "."
+    repeats = all(min(python.n, c.n) >= 2 for python, c in pairs.values())
+    tail = "" if repeats else f" {ONE_RUN}"
+    where = "here" if repeats else "in this run"
     if holds and len(holds) == len(pairs):
-        return Row(claim.claim, shown, f"{text} Holds here: C stalls the hub.", True)
+        return Row(
+            claim.claim, shown,
+            f"{text} Holds {where}: C stalls the hub, the 95 % intervals apart{tail}.", True,
+        )  # fmt: skip
     if fails and len(fails) == len(pairs):
-        return Row(claim.claim, shown, f"{text} Does not hold here.", True)
+        return Row(claim.claim, shown, f"{text} Does not hold {where}{tail}.", True)
     why = (
-        "one repeat has no spread (run with --repeat 3)"
-        if not (holds or fails)
-        else ("the ranges overlap")
+        next((r for r in reasons if r not in ("holds", "fails")), "the servers disagree")
+        if reasons
+        else "a figure is driver-bound"
     )
     return Row(claim.claim, shown, f"{text} Not decided: {why}.", False)
 

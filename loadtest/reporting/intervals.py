@@ -1,0 +1,123 @@
+"""95 % intervals from within one run: one named method per kind of figure, free of I/O.
+
+- Percentiles: the order-statistic interval of the step's exact histogram (the ranks
+  n q -/+ 1.96 sqrt(n q (1 - q)) of a binomial count), widened to the batch-means interval of the
+  same percentile read per second, where the seconds disagree more than independent requests
+  would (requests within one stall are not independent).
+- Means: the batch-means interval of the per-second means, and at least the mean's standard
+  error over the requests.
+- CPU per request and rates: the value's own measurement error (ticks or the clock's skew)
+  plus the batch-means interval of its per-second values.
+- A fitted slope (memory per in-flight request): Student's t on the fit's n - 2 degrees of
+  freedom times the slope's standard error.
+
+Batch means: a step's samples (every 0.5 s) are taken in batches of BATCH_SAMPLES, a figure is
+read per batch, and the interval is mean -/+ t(k - 1) s / sqrt(k) over the k batches.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from functools import lru_cache
+
+from scipy import stats
+
+from loadtest.records import Interval
+
+__all__ = [
+    "BATCH_SAMPLES",
+    "CONFIDENCE",
+    "around",
+    "batch_half_width",
+    "mean_ci",
+    "quantile_ci",
+    "slope_ci",
+    "t_quantile",
+]
+
+CONFIDENCE = 0.95
+BATCH_SAMPLES = 2  # samples are 0.5 s apart: a batch is a second
+Z = 1.959963984540054  # the normal's 97.5th percentile
+
+
+@lru_cache(maxsize=256)
+def t_quantile(df: int) -> float:
+    """Student's t at 97.5 % with `df` degrees of freedom."""
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, df))
+
+
+def batch_half_width(values: Sequence[float]) -> float | None:
+    """t(k - 1) s / sqrt(k) over k per-batch values; None with fewer than two."""
+    if len(values) < 2:
+        return None
+    return t_quantile(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def around(centre: float, half: float) -> Interval:
+    return (centre - half, centre + half)
+
+
+def _value_at_rank(histogram, rank: int, count: int) -> float:
+    return histogram.get_value_at_percentile(100.0 * rank / count) / 1000
+
+
+def quantile_ci(histogram, q: float, batches: Sequence = ()) -> Interval | None:
+    """The 95 % interval of quantile q (0-1) of an HdrHistogram in µs, in ms: the binomial
+    order-statistic interval, widened to cover the batch-means interval of the per-batch
+    quantiles where `batches` (histograms of consecutive parts of the same requests) give one.
+    None when nothing was recorded."""
+    count = histogram.get_total_count()
+    if count == 0:
+        return None
+    spread = Z * math.sqrt(count * q * (1 - q))
+    low_rank = max(1, math.floor(count * q - spread))
+    high_rank = min(count, math.ceil(count * q + spread) + 1)
+    low, high = (
+        _value_at_rank(histogram, low_rank, count),
+        _value_at_rank(histogram, high_rank, count),
+    )
+    # A batch too small to hold the quantile's tail (fewer than 1 / (1 - q) requests) says
+    # nothing about it.
+    needed = max(2, math.ceil(1 / max(1 - q, 1e-9)))
+    per_batch = [
+        b.get_value_at_percentile(100 * q) / 1000 for b in batches if b.get_total_count() >= needed
+    ]
+    half = batch_half_width(per_batch)
+    if half is not None:
+        centre = statistics.fmean(per_batch)
+        low, high = min(low, centre - half), max(high, centre + half)
+    return (low, high)
+
+
+def mean_ci(histogram, batches: Sequence = ()) -> Interval | None:
+    """The 95 % interval of an HdrHistogram's mean (µs in, ms out): its standard error over the
+    requests, widened to the batch-means interval of the per-batch means."""
+    count = histogram.get_total_count()
+    if count == 0:
+        return None
+    mean = histogram.get_mean_value() / 1000
+    half = Z * histogram.get_stddev() / 1000 / math.sqrt(count)
+    per_batch = [b.get_mean_value() / 1000 for b in batches if b.get_total_count()]
+    batch = batch_half_width(per_batch)
+    if batch is not None:
+        half = max(half, batch)
+    return around(mean, half)
+
+
+def slope_ci(points: Sequence[tuple[float, float]]) -> Interval | None:
+    """The least-squares slope's 95 % interval, Student's t on n - 2 degrees of freedom (three
+    points give one: t = 12.7, so three levels alone rarely decide anything)."""
+    if len(points) < 3:
+        return None
+    xs, ys = zip(*points, strict=True)
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+    intercept = mean_y - slope * mean_x
+    residual = sum((y - (slope * x + intercept)) ** 2 for x, y in points)
+    se = math.sqrt(residual / (len(points) - 2) / sxx)
+    return around(slope, t_quantile(len(points) - 2) * se)

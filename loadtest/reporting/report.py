@@ -655,7 +655,8 @@ task of a fan-out (the fanout request's CPU less a plaintext
 request's, over its 20 children), <code>/json</code> p99 beside blocking calls (inline, in
 Python and in C) and beside CPU-bound requests, and server CPU per request that calls another
 service through the server's own HTTP client (urllib3, aiohttp's, httpx).
-{html.escape(ONE_RUN_RULE)} Otherwise the row says why not. &plusmn;: the 95 % interval from within the run.</p>
+{html.escape(ONE_RUN_RULE)} Otherwise the row says why not. &plusmn;: the 95 % interval
+from within the run.</p>
 {_verdict_table(results)}
 {_sweep_table(results)}
 <h2>CPU per request</h2>

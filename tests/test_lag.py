@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from httpclient import get, histogram_quantile, metrics
+from httpclient import histogram_quantile, metrics
 
 from loadtest import histograms
 from loadtest.orchestrator.serverproc import ServerProcess
@@ -137,7 +137,9 @@ def test_exact_lag_brackets_a_blocked_loop(
             probe *= 2
         took = min(took, _probe(conn, probe), _probe(conn, probe))
         rounds = max(1, round(probe * TARGET_BLOCK_S / took))
-        _timed_cpu(conn, rounds // 2)  # the phasing block
+        # The phasing block, which sizes them again: being longer, it is less noise than work.
+        half = max(1, rounds // 2)
+        rounds = max(rounds, round(half * TARGET_BLOCK_S / _span(_timed_cpu(conn, half))))
         timings = []
         for _ in range(BLOCKS):
             idle = _idle(conn, IDLE_MS)
@@ -284,19 +286,3 @@ def test_python_recorder_is_hdrhistograms() -> None:
     assert [decoded.get_count_at_index(i) for i in range(decoded.counts_len)] == [
         python.get_count_at_index(i) for i in range(python.counts_len)
     ]
-
-
-def test_lag_is_read_again_and_again(servers: dict[str, ServerProcess]) -> None:
-    """Two readings a moment apart on every server: the later counts the earlier's ticks and
-    more (the monitor ticks 100 times a second)."""
-    for impl in IMPLS:
-        first = json.loads(get(servers[impl].port, "/lag").body)
-        deadline = time.monotonic() + 10
-        while (second := json.loads(get(servers[impl].port, "/lag").body))["count"] <= first[
-            "count"
-        ] and time.monotonic() < deadline:
-            time.sleep(0.02)
-        difference = histograms.subtract(
-            histograms.decode(second["histogram"]), histograms.decode(first["histogram"])
-        )
-        assert difference.get_total_count() == second["count"] - first["count"] > 0, impl

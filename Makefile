@@ -10,7 +10,8 @@ SYSTEM_PACKAGES := wrk prometheus docker-compose chromium valgrind wget
 # The Dockerfile's build stage installs the same list (`make -s native-packages`).
 NATIVE_PACKAGES := golang-go golang-github-prometheus-client-golang-dev \
   rustc cargo librust-tokio-dev librust-hyper-dev librust-prometheus-dev \
-  librust-prometheus+process-dev librust-sha2-dev librust-serde-json-dev librust-form-urlencoded-dev
+  librust-prometheus+process-dev librust-sha2-dev librust-serde-json-dev librust-form-urlencoded-dev \
+  librust-flate2-dev
 SYSTEM_PACKAGES += $(NATIVE_PACKAGES)
 
 .PHONY: demo serve live test lint bench system-deps native-packages venv clean

@@ -25,6 +25,7 @@ __all__ = [
     "merge",
     "percentiles_ms",
     "record_ms",
+    "subtract",
 ]
 
 LOWEST_US = 1  # values are recorded in microseconds
@@ -56,6 +57,39 @@ def merge(encoded: Iterable[str]) -> HdrHistogram:
     for item in encoded:
         total.add(decode(item))
     return total
+
+
+def subtract(after: HdrHistogram, before: HdrHistogram) -> HdrHistogram:
+    """What was recorded between two readings of one cumulative histogram (a server's `/lag`
+    answers, decoded): `after`'s counts less `before`'s, value range by value range.
+
+    Raises ValueError when `before` counts something `after` does not (readings of two
+    histograms, in the wrong order, or across a server restart) or when either is not in this
+    module's setting."""
+    difference = empty()
+    for histogram in (after, before):
+        if histogram.counts_len != difference.counts_len or (
+            histogram.significant_figures != SIGNIFICANT_DIGITS
+        ):
+            raise ValueError("a histogram in another setting than loadtest.histograms'")
+    # Counted up to the higher of the two highest indices recorded (an empty one has none).
+    top = max(_top_index(after), _top_index(before))
+    for index in range(top + 1):
+        count = after.get_count_at_index(index) - before.get_count_at_index(index)
+        if count < 0:
+            raise ValueError(
+                "the earlier reading counts values the later one does not: not two readings "
+                "of one histogram, in order"
+            )
+        if count:
+            difference.record_value(difference.get_value_from_index(index), count)
+    return difference
+
+
+def _top_index(histogram: HdrHistogram) -> int:
+    if histogram.get_total_count() == 0:
+        return -1
+    return histogram.get_counts_array_index(histogram.get_max_value())
 
 
 def percentiles_ms(histogram: HdrHistogram, percentiles: Iterable[float]) -> dict[float, float]:

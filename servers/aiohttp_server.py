@@ -28,6 +28,7 @@ from servers.contract import (
     Blocking,
     Echo,
     Fanout,
+    Lag,
     Metrics,
     Reply,
     Response,
@@ -115,6 +116,8 @@ class AiohttpApp:
                 return response
             case Metrics():
                 return self.telemetry.exposition()
+            case Lag():
+                return self.telemetry.lag()
             case Echo():
                 return await _echo(request, self.body_timeout)
             case Sleep(ms=ms):

@@ -65,6 +65,7 @@ ROUTE_METHODS: dict[str, tuple[str, ...]] = {
     "/stream": ("GET", "HEAD"),
     "/healthz": ("GET", "HEAD"),
     "/metrics": ("GET", "HEAD"),
+    "/lag": ("GET", "HEAD"),
     "/upstream": ("GET", "HEAD"),
 }
 OTHER_ROUTE = "other"
@@ -205,7 +206,12 @@ class Metrics:
     """Answer with the server's Prometheus exposition."""
 
 
-Plan = Reply | Sleep | Fanout | Upstream | Blocking | Stream | Echo | Metrics
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """Answer with every scheduler-lag tick since the server started, exactly (servers/lag.py)."""
+
+
+Plan = Reply | Sleep | Fanout | Upstream | Blocking | Stream | Echo | Metrics | Lag
 
 
 # -- the synchronous "libraries" the routes call ----------------------------------------------
@@ -322,6 +328,8 @@ def _plan_route(route: str, params: _Params) -> Plan:
             return Echo()
         case "/metrics":
             return Metrics()
+        case "/lag":
+            return Lag()
     raise AssertionError(f"route {route} has no plan")  # pragma: no cover
 
 

@@ -26,6 +26,7 @@ from servers.contract import (
     Blocking,
     Echo,
     Fanout,
+    Lag,
     Metrics,
     Reply,
     Response,
@@ -280,6 +281,8 @@ class App:
                     pass
                 case Metrics():
                     response = self.telemetry.exposition()
+                case Lag():
+                    response = self.telemetry.lag()
                 case Echo():
                     response = self._echo(environ)
                 case Sleep(ms=ms):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import math
 import socket
 import time
 from dataclasses import dataclass
@@ -94,6 +95,21 @@ def sample_value(port_or_families: int | dict, name: str, **labels: str) -> floa
             if sample.name == name and labels.items() <= sample.labels.items():
                 total += sample.value
     return total
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
+    """Prometheus' histogram_quantile on cumulative {le: count}: linear within the bucket the
+    rank falls in, from 0 below the first bound."""
+    bounds = sorted(buckets)
+    rank = q * buckets[math.inf]
+    lower, below = 0.0, 0.0
+    for upper in bounds:
+        if buckets[upper] >= rank:
+            if upper == math.inf:
+                return lower
+            return lower + (upper - lower) * (rank - below) / (buckets[upper] - below)
+        lower, below = upper, buckets[upper]
+    return lower
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:

@@ -11,8 +11,9 @@ import socket
 import time
 
 import pytest
-from httpclient import Reply, get, raw_exchange, request, sample_value, timed_get
+from httpclient import Reply, get, raw_exchange, request, sample_value, timed_get, wait_until
 
+from loadtest import histograms
 from loadtest.orchestrator.serverproc import ServerProcess
 from servers.contract import IMPL_HEADER, IMPLS, MAX_BODY_BYTES, OTHER_ROUTE, cpu_digest
 
@@ -112,6 +113,7 @@ def test_echo_reads_a_chunked_request_body(server: ServerProcess) -> None:
         ("GET", "/no/such/route", 404),
         ("GET", "/json/", 404),
         ("POST", "/json", 405),
+        ("POST", "/lag", 405),
         ("DELETE", "/", 405),
         ("GET", "/echo", 405),
         ("GET", "/sleep?ms=60001", 400),
@@ -156,6 +158,42 @@ def test_options_asterisk_is_an_unknown_route(server: ServerProcess) -> None:
     assert reply.header("Content-Type") == JSON
     assert reply.header(IMPL_HEADER) == server.impl
     assert recorded() == before + 1
+
+
+def test_lag_answers_every_tick_since_start(server: ServerProcess) -> None:
+    """GET /lag: every scheduler-lag tick so far, HdrHistogram-encoded; two readings a moment
+    apart subtract to the ticks between them (the monitor ticks 100 times a second). HEAD
+    answers the head alone, and the route is recorded as any other."""
+
+    def recorded() -> float:
+        return sample_value(
+            server.port, "http_server_request_duration_seconds_count", route="/lag", status="200"
+        )
+
+    before = recorded()
+    reply = get(server.port, "/lag")
+    assert reply.status == 200
+    assert reply.header("Content-Type") == JSON
+    assert reply.header(IMPL_HEADER) == server.impl
+    first = json.loads(reply.body)
+    assert list(first) == ["unit", "interval_ms", "count", "histogram"]
+    assert (first["unit"], first["interval_ms"]) == ("us", 10)
+    earlier = histograms.decode(first["histogram"])
+    assert earlier.get_total_count() == first["count"] > 0
+    assert earlier.get_max_value() < 60 * 1_000_000  # microseconds: no tick a minute late
+    deadline = time.monotonic() + 10
+    while (second := json.loads(get(server.port, "/lag").body))["count"] <= first["count"]:
+        assert time.monotonic() < deadline, "the lag monitor stopped ticking"
+        time.sleep(0.02)
+    between = histograms.subtract(histograms.decode(second["histogram"]), earlier)
+    assert between.get_total_count() == second["count"] - first["count"]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("HEAD", "/lag")
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"")
+    assert response.headers["Content-Type"] == JSON
+    conn.close()
+    assert wait_until(lambda: recorded() >= before + 3, timeout=5)  # two GETs and the HEAD
 
 
 def test_body_over_limit_is_413_by_content_length(server: ServerProcess) -> None:
@@ -250,6 +288,7 @@ IDENTICAL_TARGETS = [
     ("GET", "/fanout?n=0&ms=1"),
     ("PUT", "/json"),
     ("GET", "/echo"),
+    ("POST", "/lag"),
     ("OPTIONS", "*"),
 ]
 

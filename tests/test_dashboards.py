@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from hdrh.histogram import HdrHistogram
+from httpclient import histogram_quantile
 
 from loadtest import histograms
 from loadtest.orchestrator.serverproc import ServerProcess
@@ -342,21 +343,6 @@ def _through_buckets(histogram: HdrHistogram) -> dict[float, float]:
             if seconds <= le:
                 counts[le] += item.count_at_value_iterated_to
     return counts
-
-
-def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
-    """Prometheus' histogram_quantile on cumulative {le: count}: linear within the bucket the
-    rank falls in, from 0 below the first bound."""
-    bounds = sorted(buckets)
-    rank = q * buckets[math.inf]
-    lower, below = 0.0, 0.0
-    for upper in bounds:
-        if buckets[upper] >= rank:
-            if upper == math.inf:
-                return lower
-            return lower + (upper - lower) * (rank - below) / (buckets[upper] - below)
-        lower, below = upper, buckets[upper]
-    return lower
 
 
 def test_histogram_quantile_is_prometheus_s(prometheus: Prometheus) -> None:

@@ -100,7 +100,8 @@ NATIVE_SERVERS = {
         "rust-hyper", HERE / "rust", ("/usr/bin/rustc", "--version"),
         ("/usr/bin/rustc", "/usr/bin/cargo"),
         "rustc cargo librust-tokio-dev librust-hyper-dev librust-prometheus-dev "
-        "librust-prometheus+process-dev librust-sha2-dev librust-form-urlencoded-dev",
+        "librust-prometheus+process-dev librust-sha2-dev librust-form-urlencoded-dev "
+        "librust-flate2-dev",
     ),
 }  # fmt: skip
 # The load generator of `stackbench run`'s rate sweep: not a server, but built, cached, installed

@@ -36,6 +36,7 @@ from servers.contract import (
     Blocking,
     Echo,
     Fanout,
+    Lag,
     Metrics,
     Reply,
     Response,
@@ -333,6 +334,8 @@ class ConnectionCore:
                 return response
             case Metrics():
                 return self.telemetry.exposition()
+            case Lag():
+                return self.telemetry.lag()
             case Sleep() | Fanout() | Blocking():
                 yield from self._wait(plan)
                 return plan.response()

@@ -40,6 +40,7 @@ var routeMethods = map[string][]string{
 	"/stream":   {"GET", "HEAD"},
 	"/healthz":  {"GET", "HEAD"},
 	"/metrics":  {"GET", "HEAD"},
+	"/lag":      {"GET", "HEAD"},
 	"/upstream": {"GET", "HEAD"},
 }
 
@@ -92,6 +93,7 @@ const (
 	planStream
 	planEcho
 	planMetrics
+	planLag
 )
 
 type plan struct {
@@ -174,6 +176,8 @@ func planRoute(route, query string) (p plan, bad string) {
 		p.kind = planEcho
 	case "/metrics":
 		p.kind = planMetrics
+	case "/lag":
+		p.kind = planLag
 	}
 	return p, bad
 }

@@ -156,6 +156,8 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status = s.send(w, r, p.reply)
 	case planMetrics:
 		status = s.send(w, r, s.tel.exposition())
+	case planLag:
+		status = s.send(w, r, s.tel.lagResponse())
 	case planEcho:
 		status = s.send(w, r, s.echo(r, c))
 	case planSleep:

@@ -6,7 +6,7 @@
 //
 // --measure-cgo N prints what a call into C costs, in JSON, and exits; --measure-tasks N
 // --depth D what a parked goroutine costs (tasks.go); --bare serves the benchmarks' bare
-// reference (bare.go).
+// reference (bare.go); --encode-lag prints the /lag body of the lags on stdin (hdr.go).
 package main
 
 import (
@@ -45,6 +45,7 @@ func main() {
 	tasks := flag.Int("measure-tasks", 0, "park N goroutines, print their cost (JSON) and exit")
 	depth := flag.Int("depth", 0, "--measure-tasks: calls deep each goroutine parks")
 	bare := flag.Bool("bare", false, "serve Hello, World! with net/http alone (the benchmarks' reference)")
+	encode := flag.Bool("encode-lag", false, "record the microseconds on stdin as lag ticks, print the /lag body and exit")
 	flag.Parse()
 	if o.cores < 1 {
 		fail("--cores must be at least 1")
@@ -59,6 +60,11 @@ func main() {
 		return
 	case *bare:
 		serveBare(o.host, o.port)
+		return
+	case *encode:
+		if err := encodeLag(os.Stdin, os.Stdout); err != nil {
+			fail("--encode-lag: " + err.Error())
+		}
 		return
 	}
 	o.metrics = !*noMetrics

@@ -35,9 +35,10 @@ const (
 
 // latencyBuckets: telemetry.LATENCY_BUCKETS (the R20 series from 1 ms to 90 s, with 0.5 ms,
 // 60 s, 100 s and 120 s).
+var r20 = []float64{1.0, 1.12, 1.25, 1.4, 1.6, 1.8, 2.0, 2.24, 2.5, 2.8,
+	3.15, 3.55, 4.0, 4.5, 5.0, 5.6, 6.3, 7.1, 8.0, 9.0}
+
 var latencyBuckets = func() []float64 {
-	r20 := []float64{1.0, 1.12, 1.25, 1.4, 1.6, 1.8, 2.0, 2.24, 2.5, 2.8,
-		3.15, 3.55, 4.0, 4.5, 5.0, 5.6, 6.3, 7.1, 8.0, 9.0}
 	b := []float64{0.0005, 60.0, 100.0, 120.0}
 	for e := -3; e <= 1; e++ {
 		for _, m := range r20 {
@@ -48,8 +49,17 @@ var latencyBuckets = func() []float64 {
 	return b
 }()
 
-var lagBuckets = []float64{0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-	0.5, 1.0, 2.5, 5.0, 10.0}
+// lagBuckets: telemetry.LAG_BUCKETS (the R20 series from 0.1 ms to 90 s, and 100 s).
+var lagBuckets = func() []float64 {
+	b := []float64{100.0}
+	for e := -4; e <= 1; e++ {
+		for _, m := range r20 {
+			b = append(b, math.Round(m*math.Pow(10, float64(e))*1e7)/1e7)
+		}
+	}
+	sort.Float64s(b)
+	return b
+}()
 
 var statusLabels = func() (s [600]string) {
 	for i := range s {
@@ -64,6 +74,7 @@ type telemetry struct {
 	duration *prometheus.HistogramVec
 	active   prometheus.Gauge
 	lag      prometheus.Histogram
+	exact    *lagHistogram // every lag tick, for /lag (hdr.go)
 	accepted prometheus.Counter
 	rejected prometheus.Counter
 }
@@ -74,6 +85,7 @@ func newTelemetry(enabled bool, opts *options, openConnections func() int) *tele
 		return t
 	}
 	t.registry = prometheus.NewRegistry()
+	t.exact = &lagHistogram{}
 	t.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "http_server_request_duration_seconds",
 		Help:    "Time from a request's arrival to the last byte of its response.",
@@ -173,6 +185,7 @@ func (t *telemetry) monitorLag() {
 			lag = 0
 		}
 		t.lag.Observe(lag.Seconds())
+		t.exact.record(lag)
 	}
 }
 

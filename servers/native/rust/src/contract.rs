@@ -17,7 +17,7 @@ pub const TEXT: &str = "text/plain; charset=utf-8";
 pub const JSON: &str = "application/json";
 pub const OTHER_ROUTE: &str = "other";
 
-pub const ROUTES: [(&str, &str); 11] = [
+pub const ROUTES: [(&str, &str); 12] = [
     ("/", "GET, HEAD"),
     ("/json", "GET, HEAD"),
     ("/sleep", "GET, HEAD"),
@@ -28,6 +28,7 @@ pub const ROUTES: [(&str, &str); 11] = [
     ("/stream", "GET, HEAD"),
     ("/healthz", "GET, HEAD"),
     ("/metrics", "GET, HEAD"),
+    ("/lag", "GET, HEAD"),
     ("/upstream", "GET, HEAD"),
 ];
 
@@ -134,6 +135,7 @@ pub enum Plan {
     Stream { chunks: u64, ms: u64 },
     Echo,
     Metrics,
+    Lag,
 }
 
 pub fn sleep_response(ms: u64) -> Response {
@@ -253,6 +255,7 @@ fn plan_route(route: &str, query: &str) -> Result<Plan, String> {
         },
         "/echo" => Plan::Echo,
         "/metrics" => Plan::Metrics,
+        "/lag" => Plan::Lag,
         _ => unreachable!("route {} has no plan", route),
     })
 }

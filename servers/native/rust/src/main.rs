@@ -3,11 +3,13 @@
 //!
 //! `stackbench serve rust-hyper` builds and execs this binary with the Python servers'
 //! options; `--measure-tasks N --depth D` is `stackbench tasks`' measurer for a tokio task;
-//! `--bare` serves the benchmarks' bare reference (bare.rs).
+//! `--bare` serves the benchmarks' bare reference (bare.rs); `--encode-lag` prints the /lag
+//! body of the lags on stdin (hdr.rs).
 
 mod bare;
 mod contract;
 mod gate;
+mod hdr;
 mod metrics;
 mod policy;
 mod server;
@@ -124,6 +126,9 @@ fn parse_args() -> Options {
 }
 
 fn main() {
+    if std::env::args().skip(1).any(|arg| arg == "--encode-lag") {
+        std::process::exit(hdr::encode_stdin((LAG_INTERVAL_S * 1000.0).round() as u64));
+    }
     let options = parse_args();
     let mut builder = if options.cores > 1 && options.measure_tasks.is_none() {
         let mut builder = tokio::runtime::Builder::new_multi_thread();

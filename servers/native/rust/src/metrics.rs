@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -12,13 +12,12 @@ use prometheus::{
 };
 
 use crate::contract::{self, Response};
+use crate::hdr::LagHistogram;
 
 const R20: [f64; 20] = [
     1.0, 1.12, 1.25, 1.4, 1.6, 1.8, 2.0, 2.24, 2.5, 2.8, 3.15, 3.55, 4.0, 4.5, 5.0, 5.6, 6.3, 7.1,
     8.0, 9.0,
 ];
-const LAG_BUCKETS: [f64; 15] =
-    [0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 pub const LAG_INTERVAL_S: f64 = 0.010;
 pub const CLIENT_CLOSED_STATUS: u16 = 499;
 
@@ -29,6 +28,20 @@ pub fn latency_buckets() -> Vec<f64> {
         for m in R20 {
             // round(m * 10**e, 6), as Python computes it
             buckets.push((m * 10f64.powi(exponent) * 1e6).round() / 1e6);
+        }
+    }
+    buckets.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    buckets.dedup();
+    buckets
+}
+
+/// telemetry.LAG_BUCKETS: the R20 series from 0.1 ms to 90 s, then 100 s.
+pub fn lag_buckets() -> Vec<f64> {
+    let mut buckets = vec![100.0];
+    for exponent in -4..=1 {
+        for m in R20 {
+            // round(m * 10**e, 7), as Python computes it
+            buckets.push((m * 10f64.powi(exponent) * 1e7).round() / 1e7);
         }
     }
     buckets.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -56,6 +69,7 @@ pub struct Metrics {
     duration: HistogramVec,
     active: IntGauge,
     lag: Histogram,
+    exact_lag: LagHistogram, // every tick, for /lag (hdr.rs)
     open_connections: Gauge,
     accepted: IntCounter,
     rejected: IntCounter,
@@ -89,7 +103,7 @@ impl Telemetry {
                 "stackbench_scheduler_lag_seconds",
                 "How late a periodic 10 ms timer fires in the runtime.",
             )
-            .buckets(LAG_BUCKETS.to_vec()),
+            .buckets(lag_buckets()),
         )
         .unwrap();
         let open_connections =
@@ -150,6 +164,7 @@ impl Telemetry {
             duration,
             active,
             lag,
+            exact_lag: LagHistogram::default(),
             open_connections,
             accepted,
             rejected,
@@ -195,6 +210,15 @@ impl Telemetry {
     pub fn observe_lag(&self, seconds: f64) {
         if let Some(m) = &self.metrics {
             m.lag.observe(seconds);
+            m.exact_lag.record(Duration::from_secs_f64(seconds));
+        }
+    }
+
+    /// GET /lag: every lag tick since start, HdrHistogram-encoded (hdr.rs).
+    pub fn lag(&self) -> Response {
+        match &self.metrics {
+            Some(m) => Response::json(200, m.exact_lag.body((LAG_INTERVAL_S * 1000.0).round() as u64)),
+            None => contract::error(404, "metrics are switched off (--no-metrics)"),
         }
     }
 

@@ -373,6 +373,7 @@ async fn respond(
     let response = match plan {
         Plan::Reply(response) => response,
         Plan::Metrics => app.telemetry.exposition(),
+        Plan::Lag => app.telemetry.lag(),
         Plan::Sleep { ms } => {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(ms)) => contract::sleep_response(ms),

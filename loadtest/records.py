@@ -233,6 +233,9 @@ class Sample(Record):
     # The step of a driver that runs its load levels as steps of their own (the rate driver):
     # samples are grouped by it instead of by the users gauge.
     step: int | None = None
+    # Every scheduler-lag tick since the previous sample (the server's /lag, an HdrHistogram
+    # in loadtest.histograms' encoding); None when it was not read.
+    lag: str | None = None
 
 
 class IdleProbe(Record):
@@ -346,9 +349,12 @@ class Step(Record):
     p50_uncorrected_ms: float | None = None
     p999_uncorrected_ms: float | None = None
     max_uncorrected_ms: float | None = None
-    # The scheduler lag's p99 is only known to lie in one bucket of the server's histogram:
-    # this is that bucket's upper bound.
+    # The scheduler lag's p99 from the Prometheus histogram: only known to lie in one of its
+    # buckets, so this is that bucket's upper bound (the cross-check of the exact one)
     lag_p99_at_most_ms: float | None
+    # The exact scheduler lag (every tick, the server's /lag): p99 and its 95 % interval
+    lag_p99_ms: float | None = None
+    lag_p99_ci: Interval | None = None
     server_cpu: float  # cores busy (1.0 = one core), idle load subtracted
     # 95 % intervals of the step's figures, from within the step (intervals.py)
     p50_ci: Interval | None = None
@@ -387,7 +393,9 @@ class ScenarioRun(Record):
     steps: list[Step]
     driver_bound: bool
     memory_fit: LinearFit | None = None  # io_hold, upstream: RSS against requests in flight
-    lag_series: list[tuple[float, float]] | None = None  # starvation: (s, lag p99 bound ms)
+    # starvation: (s, the scheduler lag's exact p99 ms over each second; where the server has
+    # no /lag, the p99's bucket bound from its Prometheus histogram)
+    lag_series: list[tuple[float, float]] | None = None
     # starvation: (s, users) where each load level began, on lag_series' clock
     level_starts: list[tuple[float, float]] | None = None
     # upstream: connections the upstream accepted while the scenario ran (the client's reuse)

@@ -22,6 +22,7 @@ from loadtest.driver.scenarios import SCENARIOS, Scenario
 from loadtest.orchestrator.remote import process_figures
 from loadtest.orchestrator.sampling import (
     SAMPLE_INTERVAL_S,
+    LagReader,
     SampleLog,
     cpu_ns_seconds,
     cpu_seconds,
@@ -65,6 +66,8 @@ def run_steps(
     host, _, port = server_url.removeprefix("http://").rpartition(":")
     process = psutil.Process(server_pid) if server_pid is not None else None
     scrapers = ThreadPoolExecutor(1, thread_name_prefix="scrape")
+    lag = LagReader(server_url)
+    lag.read()  # the baseline the first sample's lag ticks are counted from
     results = []
     try:
         for index, step in enumerate(steps):
@@ -72,7 +75,7 @@ def run_steps(
                 on_step(index, step)
             result = _run_step(
                 key, index, step, scenario, binary, host, int(port), server_url, process,
-                log, driver_cpus, scrapers,
+                log, driver_cpus, scrapers, lag,
             )  # fmt: skip
             results.append(result)
             if result.error:
@@ -83,22 +86,23 @@ def run_steps(
 
 
 def _server_reading(
-    server_url: str, process: psutil.Process | None, scrapers: ThreadPoolExecutor
-) -> tuple[float | None, float | None, float | None, object]:
+    server_url: str, process: psutil.Process | None, scrapers: ThreadPoolExecutor, lag: LagReader
+) -> tuple[float | None, float | None, float | None, object, str | None]:
     """CPU first (ns, then ticks: both as close to the line's arrival as can be), then RSS; the
-    /metrics scrape runs meanwhile."""
+    /metrics and /lag reads run meanwhile."""
     pending = scrapers.submit(scrape, server_url + "/metrics")
+    ticks_pending = scrapers.submit(lag.read)
     if process is None:
         metrics = pending.result()
         rss, cpu = process_figures(metrics)
-        return None, cpu, rss, metrics
+        return None, cpu, rss, metrics, ticks_pending.result()
     ns = cpu_ns_seconds(process.pid)
     ticks = cpu_seconds(process, children=False)
     try:
         rss = float(process.memory_info().rss)
     except psutil.Error:
         rss = None
-    return ns, ticks, rss, pending.result()
+    return ns, ticks, rss, pending.result(), ticks_pending.result()
 
 
 def _run_step(
@@ -114,17 +118,19 @@ def _run_step(
     log: SampleLog,
     driver_cpus: list[int],
     scrapers: ThreadPoolExecutor,
+    lag: LagReader,
 ) -> StepResult:
     def sample(
         client: ClientSnapshot | None, latency, driver_cpu: float | None, at: float
     ) -> Sample:
-        ns, ticks, rss, metrics = _server_reading(server_url, process, scrapers)
+        ns, ticks, rss, metrics, lag_ticks = _server_reading(server_url, process, scrapers, lag)
         alive = metrics is not None if process is None else process.is_running()
         return Sample(
             key=key, t=at, step=index,
             server=server_snapshot(metrics) if metrics is not None else None,
             client=client, latency=latency, server_rss_bytes=rss, server_cpu_seconds=ticks,
             server_cpu_ns_seconds=ns, server_alive=alive, driver_cpu_seconds=driver_cpu,
+            lag=lag_ticks,
         )  # fmt: skip
 
     baseline = ClientSnapshot(

@@ -33,6 +33,7 @@ from loadtest.orchestrator.remote import RemoteServer, process_figures
 from loadtest.orchestrator.sampling import (
     CPU_TICK_S,
     SAMPLE_INTERVAL_S,
+    LagReader,
     SampleLog,
     cpu_ns_seconds,
     cpu_seconds,
@@ -565,9 +566,12 @@ def _measure_idle(server: ServerProcess | RemoteServer, repeat: int, log: Sample
         return cpu_seconds(process, children=False)
 
     ns_before = cpu_ns_seconds(server.pid) if server.pid is not None else None
+    lag = LagReader(server.url)
     before, started = cpu(), time.monotonic()
     while time.monotonic() - started < IDLE_SECONDS:
+        # What a sample costs the server: a scrape and a read of its exact lag.
         scrape(server.url + "/metrics")
+        lag.read()
         time.sleep(SAMPLE_INTERVAL_S)
     after = cpu()
     ns_after = cpu_ns_seconds(server.pid) if server.pid is not None else None

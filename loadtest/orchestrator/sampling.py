@@ -142,6 +142,30 @@ class LatencyReader:
         }
 
 
+class LagReader:
+    """A server's exact scheduler lag (`GET /lag`: every tick since it started, an HdrHistogram):
+    each read returns what was recorded since the previous one, encoded; None when the server
+    did not answer (the ticks then come with the next read) or on the first read."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._previous = None
+
+    def read(self) -> str | None:
+        try:
+            with urllib.request.urlopen(self.url + "/lag", timeout=SCRAPE_TIMEOUT_S) as response:
+                current = histograms.decode(json.loads(response.read())["histogram"])
+        except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException):
+            return None
+        previous, self._previous = self._previous, current
+        if previous is None:
+            return None
+        try:
+            return histograms.encode(histograms.subtract(current, previous))
+        except ValueError:  # a server restarted between the two readings
+            return None
+
+
 class SampleLog:
     """samples.jsonl: one record per line, flushed as written. Never appends to a file that
     exists: a second run into the same place must not mix with the first."""
@@ -178,6 +202,7 @@ class Sampler:
         self.server_url = server_url
         self.client_urls = client_urls
         self.latency = LatencyReader(client_urls, key.server)
+        self.lag = LagReader(server_url)
         # None: a server this run did not start (--target); its own /metrics reports its process
         self.server = _process(server_pid) if server_pid is not None else None
         self.remote = server_pid is None
@@ -188,6 +213,7 @@ class Sampler:
         self._thread = threading.Thread(target=self._loop, name="sampler", daemon=True)
 
     def start(self) -> None:
+        self.lag.read()  # the baseline the first sample's lag is counted from
         self._thread.start()
 
     def stop(self) -> None:
@@ -205,6 +231,7 @@ class Sampler:
     def sample(self) -> Sample:
         # Server and driver at once: one slow scrape does not delay the other.
         server_future = self._scrapers.submit(scrape, self.server_url + "/metrics")
+        lag_future = self._scrapers.submit(self.lag.read)
         client_metrics = _scrape_all(url + "/metrics" for url in self.client_urls)
         latency = self.latency.read()
         server_metrics = server_future.result()
@@ -227,6 +254,7 @@ class Sampler:
             server_cpu_ns_seconds=ns,
             server_alive=alive,
             driver_cpu_seconds=_sum_or_none(cpu_seconds(p, children=True) for p in self.driver),
+            lag=lag_future.result(),
         )
 
 

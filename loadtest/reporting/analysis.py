@@ -221,6 +221,12 @@ def step_figures(
             per_second_cpu.append(max(0.0, used1 - used0 - idle_cpu * span) / done * 1e6)
     cpu_half = intervals.batch_half_width(per_second_cpu)
     rate_half = intervals.batch_half_width(per_second_rate)
+    lag = _exact_lag([s for s in window if first.t < s.t <= last.t])
+    lag_p99 = lag_ci = None
+    if lag is not None and lag.get_total_count():
+        lag_p99 = lag.get_value_at_percentile(99) / 1000
+        lag_batches = [_exact_lag([s for s in window if a.t < s.t <= b.t]) for a, b, _ in batches]
+        lag_ci = intervals.quantile_ci(lag, 0.99, [b for b in lag_batches if b is not None])
     cpu_ci = None
     if cpu_us is not None:
         cpu_ci = intervals.around(cpu_us, (cpu_error or 0.0) + (cpu_half or 0.0))
@@ -248,6 +254,8 @@ def step_figures(
         else None,
         routes=routes,
         lag_p99_at_most_ms=_ms_or_none(bucket_bound(0.99, _delta(s1.lag, s0.lag))),
+        lag_p99_ms=lag_p99,
+        lag_p99_ci=lag_ci,
         p50_ci=overall.p50_ci if overall else None,
         p99_ci=overall.p99_ci if overall else None,
         p999_ci=intervals.quantile_ci(everything, 0.999, batch_overall) if overall else None,
@@ -332,10 +340,29 @@ def level_starts(samples: list[Sample], levels: list[int] | None) -> list[tuple[
     return starts
 
 
+def _exact_lag(samples: list[Sample]):
+    """Every lag tick the samples carry (the server's /lag), in one histogram; None if none
+    was read."""
+    encoded = [s.lag for s in samples if s.lag is not None]
+    return histograms.merge(encoded) if encoded else None
+
+
 def lag_series(samples: list[Sample]) -> list[tuple[float, float]]:
-    """(seconds since the first sample, upper bound of the scheduler lag's p99 in ms between
-    two samples)."""
+    """(seconds since the first sample, the scheduler lag's p99 in ms over each second): exact
+    (every tick, from /lag); for a server without it, the upper bound of the bucket of its
+    Prometheus histogram that holds the p99, between two samples."""
     usable = [s for s in samples if s.server]
+    if any(s.lag is not None for s in samples) and usable:
+        origin = usable[0].t
+        series = []
+        ordered = [s for s in samples if s.lag is not None]
+        for start in range(0, len(ordered) - 1, intervals.BATCH_SAMPLES):
+            batch = ordered[start : start + intervals.BATCH_SAMPLES]
+            merged = _exact_lag(batch)
+            if merged is not None and merged.get_total_count():
+                p99 = merged.get_value_at_percentile(99) / 1000
+                series.append((max(0.0, batch[-1].t - origin), p99))
+        return series
     series = []
     for before, after in pairwise(usable):
         assert before.server and after.server

@@ -117,6 +117,12 @@ def _fit_r2(run: ScenarioRun) -> Reading:
 
 
 def _lag(run: ScenarioRun) -> Reading:
+    """The scheduler lag's p99 at the busiest step that has it: exact (/lag) with its interval;
+    else the bucket bound of the server's Prometheus histogram, with no interval."""
+    exact = [s for s in run.steps if s.lag_p99_ms is not None]
+    if exact:
+        step = max(exact, key=lambda s: s.lag_p99_ms or 0.0)
+        return Reading(step.lag_p99_ms, ci=step.lag_p99_ci)
     bounds = [s.lag_p99_at_most_ms for s in run.steps if s.lag_p99_at_most_ms is not None]
     return Reading(max(bounds, default=None))
 
@@ -281,7 +287,7 @@ FIGURES: dict[str, FigureSpec] = {
             "held_bytes_per_request_r2", "r² of that fit", "", 1, None, "held", _fit_r2,
         ),
         FigureSpec(
-            "starvation_lag_p99_ms", "scheduler lag p99 under CPU load (at most)", "ms", 1,
+            "starvation_lag_p99_ms", "scheduler lag p99 under CPU load", "ms", 1,
             "lower", "closed", _lag,
         ),
         FigureSpec(

@@ -223,7 +223,7 @@ def _chart_lag(results: Results) -> str:
     marks = [(t, f"{users:g} users") for t, users in starts]
     return charts.lines(
         "starvation: scheduler lag over the run", "seconds since the scenario started",
-        "lag p99, ms (bucket bound)", series, x_marks=marks,
+        "lag p99 over each second, ms (exact)", series, x_marks=marks,
     )  # fmt: skip
 
 
@@ -366,7 +366,7 @@ def _headline_table(results: Results) -> str:
             _cell(figures.get("fixed_load_p99_ms")),
             _cell(figures.get("fixed_load_p99_uncorrected_ms")),
             _memory_cell(results, server),
-            _cell(figures.get("starvation_lag_p99_ms"), prefix="&le; "),
+            _cell(figures.get("starvation_lag_p99_ms")),
             _cell(figures.get("starvation_probe_p99_ms")),
             _cell(figures.get("offload_overhead_ms")),
             _cell(figures.get("coloring_probe_p99_ms")),
@@ -469,7 +469,7 @@ def _steps_table(results: Results) -> str:
                 f"<td class=num>{_latency(step.p50_ms)}</td>"
                 f"<td class=num>{_latency(step.p99_ms)}</td>"
                 f"<td class=num>{_latency(step.p999_ms)}</td>"
-                f"<td class=num>{_bound(step.lag_p99_at_most_ms)}</td>"
+                f"<td class=num>{_lag_cell(step)}</td>"
                 f"<td class=num>{number((step.rss_bytes or 0) / 2**20)}</td>"
                 f"<td class=num>{step.server_cpu * 100:.0f}%{saturated}</td>"
                 f"<td class=num>{_cpu_number(step.cpu_us_per_request, step.cpu_us_error)}</td>"
@@ -498,6 +498,12 @@ def _cpu_number(value: float | None, error: float | None) -> str:
 def _latency(value: float | None) -> str:
     # HdrHistogram: 0.1 % of the value, and never finer than its 1 µs unit.
     return number(value, max(value * RELATIVE_ERROR, 0.001) if value else None)
+
+
+def _lag_cell(step) -> str:
+    if step.lag_p99_ms is not None:
+        return _latency(step.lag_p99_ms)
+    return _bound(step.lag_p99_at_most_ms)
 
 
 def _bound(value: float | None) -> str:
@@ -679,8 +685,10 @@ KiB per in-flight request, two ways: the slope of RSS (from /proc) against reque
 across io_hold's levels under Locust (keep-alive connections whose requests finish and are
 sent again), and with raw connections each holding one request on a fresh server (nothing
 finishes); <span class="flag">differs</span> marks a gap over
-{MEMORY_DISAGREEMENT:.0%}. The scheduler lag is only known to the bucket of the server's
-histogram: &le; its upper bound. <span class="flag">driver-bound</span>: the load
+{MEMORY_DISAGREEMENT:.0%}. The scheduler lag is exact: every tick of the server's monitor
+(<code>GET /lag</code>), which sleeps 10 ms and records how late it woke, so a loop blocked for
+D ms yields lags between D &minus; 10 ms and D (&le;: a server without <code>/lag</code>, the
+upper bound of its Prometheus bucket). <span class="flag">driver-bound</span>: the load
 generator (Locust, or the rate driver) used &ge;85 % of its CPU, so the figure is its limit,
 not the server's.</p>
 <h2>Charts</h2>

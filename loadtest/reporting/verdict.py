@@ -183,7 +183,7 @@ ALSO = {
         "offload_overhead_ms", "Offloading the call to a thread costs", "ms", "per call", False,
     ),
     "starvation": (
-        "starvation_lag_p99_ms", "Scheduler lag p99 meanwhile, at most:", "ms", "", False,
+        "starvation_lag_p99_ms", "Scheduler lag p99 meanwhile:", "ms", "", False,
     ),
     "clients": ("upstream_p99_ms", "/upstream p99 (four 50 ms calls):", "ms", "", False),
 }  # fmt: skip

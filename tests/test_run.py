@@ -33,7 +33,10 @@ from loadtest.reporting.verdict import C_BOUNDARY, CLAIMS
 # Measuring tests run one after another on one xdist worker; the runs whose figures judge
 # the driver's saturation or rank the servers (the smoke run, the C-boundary run) with the
 # machine to themselves (tests/conftest.py).
-pytestmark = pytest.mark.xdist_group("measuring")
+# The smoke run's fixture (a real run of two servers through six scenarios, the rate sweep
+# among them, ~2 minutes here) is set up inside whichever test comes first: its time bound
+# is the run's, not a unit test's.
+pytestmark = [pytest.mark.xdist_group("measuring"), pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parent.parent
 # One server of each model: the pipeline is the same for every server (trio and the other tiers

@@ -178,7 +178,11 @@ def sweep(
         if server in marks:
             axes.axvline(marks[server], color=shade, linestyle=(0, (1, 2)), linewidth=1)
     axes.set_xscale("log")
+    # Plain numbers on both ticks (matplotlib's own minor labels are mathtext, 2 x 10^3).
     axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    axes.xaxis.set_minor_formatter(
+        ticker.FuncFormatter(lambda v, p: f"{v:,.0f}" if _minor_log_label(v, p) else "")
+    )
     if log_y:
         axes.set_yscale("log")
         axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))

@@ -52,6 +52,7 @@ CHUNKED = b"Transfer-Encoding: chunked\r\n"
 def _chunked(body: bytes) -> bytes:
     return _post(CHUNKED, body)
 
+
 CORPUS: tuple[Case, ...] = (
     # -- message framing (RFC 9112 section 6) -------------------------------------------------
     Case("cl-and-te", _post(b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", CHUNKED_EMPTY), 400),

@@ -420,6 +420,11 @@ class ChunkedBody:
         self.done = False
         self.broken: Rejection | None = None
 
+    @property
+    def data_left(self) -> int:
+        """The bytes of chunk data the lines read so far announce and have not come yet."""
+        return self._left
+
     def feed(self, data: bytes) -> int:
         at = 0
         while at < len(data) and not self.done and self.broken is None:

@@ -232,7 +232,7 @@ CHUNK_EXTENSIONS = [
 SIZE_SPELLINGS = {  # other ways to write a size (the same value), or a size past 64 bits
     b"5": [b"5", b"05", b"0" * 15 + b"5", b"1" + b"0" * 15 + b"5", b"5 ", b"5\t", b" 5"],
     b"a": [b"a", b"A", b"00A", b"0" * 15 + b"a", b"f" * 20, b"a ", b"+a", b"0xa"],
-    b"0": [b"0", b"000", b"0" * 16, b"0 ", b"0;"],
+    b"0": [b"0", b"000", b"0" * 16, b"0 "],
 }
 LINE_ENDS = [b"\n", b"\r", b"\r\r\n", b"\n\r", b"\r\n\r\n"]
 TRAILERS = [b"X-T: v\r\n", b"X-T:v\r\n", b"X-T: v\n", b"X T: v\r\n", b"X-T\r\n", b"X-T: \x7f\r\n"]
@@ -242,7 +242,7 @@ TRAILERS = [b"X-T: v\r\n", b"X-T:v\r\n", b"X-T: v\n", b"X T: v\r\n", b"X-T\r\n",
 def chunk_mutated_requests(draw: st.DrawFn) -> bytes:
     """A valid chunked POST /echo (`5` hello, `a` ten bytes, `0`) whose chunk lines are given
     extensions, whitespace, other spellings of their sizes, other line ends, or trailers."""
-    sizes = [b"5", b"a", b"0"]
+    sizes = list(SIZE_SPELLINGS)  # b"5", b"a", b"0"
     extensions = [b"", b"", b""]
     data = [b"hello", b"0123456789", None]
     # The CRLF ending each line: size lines 0, 2, 4; the data 1, 3; the body's last line 5.
@@ -254,7 +254,7 @@ def chunk_mutated_requests(draw: st.DrawFn) -> bytes:
             case "extension":
                 extensions[index] = draw(st.sampled_from(CHUNK_EXTENSIONS))
             case "size":
-                sizes[index] = draw(st.sampled_from(SIZE_SPELLINGS[sizes[index].strip()[-1:]]))
+                sizes[index] = draw(st.sampled_from(list(SIZE_SPELLINGS.values())[index]))
             case "line-end":
                 ends[draw(st.integers(0, 5))] = draw(st.sampled_from(LINE_ENDS))
             case "trailer":

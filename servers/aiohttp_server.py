@@ -272,14 +272,16 @@ class _GuardedHandler(web_protocol.RequestHandler):
         if "Data after `Connection: close`" in error.message:
             self.close()  # the messages read are answered, then the connection closes
             return
-        start = _message_start(data, refused, self._loop)
-        rejection = framing.verdict_on_raw(data[start:])
-        if rejection is not None:
-            self._parser = _request_parser(self, self._loop)  # (nothing more is read)
-            self._queue_refusal(rejection)
-            self.close()
-        else:
-            web_protocol.RequestHandler.data_received(self, data[refused - 1 :])
+        # llhttp refuses the rest again (and stays refusing), queued after what it read.
+        web_protocol.RequestHandler.data_received(self, data[refused - 1 :])
+        rejection = framing.verdict_on_raw(data[_message_start(data, refused, self._loop) :])
+        messages = self._messages
+        if rejection is not None and messages and type(messages[-1][0]) is web_protocol._ErrInfo:
+            error = _PolicyVerdict(rejection)
+            messages[-1] = (
+                web_protocol._ErrInfo(status=400, exc=error, message=error.message),
+                EMPTY_PAYLOAD,
+            )
 
     def _head_too_slow(self) -> None:
         self._head_timer = None

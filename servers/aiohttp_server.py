@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import http_exceptions, web, web_protocol
-from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
+from aiohttp.http import HttpRequestParser, HttpVersion10, HttpVersion11, RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD
 
 from servers import contract
 from servers.contract import (
@@ -190,6 +191,11 @@ class _GuardedHandler(web_protocol.RequestHandler):
     private fields (`_waiter`: the connection is between requests; `_messages`: a head was
     parsed) and is covered by the slow-client tests."""
 
+    # Whether llhttp holds no part of a message: before the connection's first read, and
+    # after a read (made while waiting for a request) that ends with a head without a body.
+    # Only then can what llhttp refused in a read be read again from its first byte.
+    _aligned = True
+
     def __init__(self, manager: web.Server, guard: _Guard, **kwargs: object) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
@@ -206,12 +212,78 @@ class _GuardedHandler(web_protocol.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         waiting_for_head = self._waiter is not None and not self._waiter.done()
+        aligned, self._aligned = self._aligned, False
+        if aligned and data[:1] in b"\r\n" and self._bare_line_end(data):
+            return
         super().data_received(data)
-        if self._messages or not waiting_for_head:
+        messages = self._messages
+        if messages or not waiting_for_head:
             self._cancel_head_timer()
+            if messages:
+                message, payload = messages[-1]
+                if payload is EMPTY_PAYLOAD:
+                    if type(message) is web_protocol._ErrInfo:
+                        if aligned:
+                            self._read_again(data)
+                    elif waiting_for_head and data[-4:] == b"\r\n\r\n":
+                        self._aligned = True
         elif self._head_timer is None:
             self._head_timer = asyncio.get_running_loop().call_later(
                 self._guard.options.header_timeout, self._head_too_slow
+            )
+
+    def _bare_line_end(self, data: bytes) -> bool:
+        """Whether `data`, a connection's first bytes, has a bare CR or LF before its request
+        line, which llhttp skips and the policy refuses (only CRLF is an empty line); if so,
+        the refusal is queued and the bytes are not read."""
+        at = framing.empty_lines(data)
+        if data[at : at + 1] not in (b"\r", b"\n"):
+            return False
+        self._queue_refusal(framing.BARE_LF)
+        self.close()  # nothing more is read
+        return True
+
+    def _queue_refusal(self, rejection: Rejection) -> None:
+        """A refusal for the handler to answer in order, as aiohttp queues its parser's."""
+        error = _PolicyVerdict(rejection)
+        self._messages.append(
+            (web_protocol._ErrInfo(status=400, exc=error, message=error.message), EMPTY_PAYLOAD)
+        )
+        self._request_count += 1
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _read_again(self, data: bytes) -> None:
+        """llhttp refused `data` (a read from a message's first byte), and with it every
+        message it had read in `data` before the refused one: a valid request followed by
+        anything after `Connection: close` (or HTTP/1.0) was answered 400, as was one
+        followed by a malformed request. Read again with a new parser: the messages before
+        the refused bytes are handled; what follows a message that closes the connection is
+        dropped (RFC 9112 section 9.6); the refused request gets the policy's verdict on its
+        own bytes. (Only on a refusal: the hot path is a type test.)"""
+        refused = _first_refused(data, self._loop)
+        if refused is None:  # read alone, the bytes are not refused: keep llhttp's verdict
+            return
+        before = _parsed(data[: refused - 1], self._loop)
+        if before and not _complete(before[-1][1]):
+            return  # refused in a message's body: that message is what is refused
+        error = self._messages.pop()[0]
+        self._request_count -= 1
+        self._parser = _request_parser(self, self._loop)
+        if refused > 1:
+            web_protocol.RequestHandler.data_received(self, data[: refused - 1])
+        if "Data after `Connection: close`" in error.message:
+            self.close()  # the messages read are answered, then the connection closes
+            return
+        # llhttp refuses the rest again (and stays refusing), queued after what it read.
+        web_protocol.RequestHandler.data_received(self, data[refused - 1 :])
+        rejection = framing.verdict_on_raw(data[_message_start(data, refused, self._loop) :])
+        messages = self._messages
+        if rejection is not None and messages and type(messages[-1][0]) is web_protocol._ErrInfo:
+            error = _PolicyVerdict(rejection)
+            messages[-1] = (
+                web_protocol._ErrInfo(status=400, exc=error, message=error.message),
+                EMPTY_PAYLOAD,
             )
 
     def _head_too_slow(self) -> None:
@@ -242,12 +314,92 @@ class _GuardedHandler(web_protocol.RequestHandler):
         return self._guard.app.refuse(request, _parser_verdict(exc))
 
 
+class _PolicyVerdict(http_exceptions.BadHttpMessage):
+    """The framing policy's verdict on bytes llhttp refused (or would have read otherwise)."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.message)
+        self.rejection = rejection
+
+
+class _Probe:
+    """The protocol a throwaway parser reports to: nothing is paused or resumed."""
+
+    transport = None
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self, **_: object) -> None:
+        pass
+
+
+def _request_parser(protocol: object, loop: asyncio.AbstractEventLoop) -> HttpRequestParser:
+    """A parser as aiohttp's RequestHandler makes it, with _GuardedServer's limits."""
+    return HttpRequestParser(
+        protocol,
+        loop,
+        2**16,  # aiohttp's read_bufsize
+        max_line_size=MAX_TARGET_BYTES,
+        max_field_size=framing.MAX_FIELD_BYTES,
+        max_headers=framing.MAX_HEADER_COUNT + 1,
+        payload_exception=aiohttp.http_exceptions.BadHttpMessage,
+        max_msg_queue_size=web_protocol.MAX_MSG_QUEUE_SIZE,
+    )
+
+
+def _parsed(prefix: bytes, loop: asyncio.AbstractEventLoop) -> list | None:
+    """The messages a new parser reads in `prefix` (with their payloads); None if it
+    refuses it."""
+    try:
+        return list(_request_parser(_Probe(), loop).feed_data(prefix)[0])
+    except http_exceptions.HttpProcessingError:
+        return None
+
+
+def _complete(payload: aiohttp.StreamReader) -> bool:
+    return payload is EMPTY_PAYLOAD or payload.is_eof()
+
+
+def _first_refused(data: bytes, loop: asyncio.AbstractEventLoop) -> int | None:
+    """The length of the shortest start of `data` a new parser refuses (llhttp reads byte by
+    byte: every longer start is refused too), or None. A binary search: a few parses."""
+    if _parsed(data, loop) is not None:
+        return None
+    low, high = 0, len(data)  # data[:low] is read, data[:high] refused
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _parsed(data[:middle], loop) is not None:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def _message_start(data: bytes, refused: int, loop: asyncio.AbstractEventLoop) -> int:
+    """Where in `data` the refused message begins: after the messages read before it (and
+    the empty lines after them)."""
+    count = len(_parsed(data[: refused - 1], loop) or ())
+    low, high = 0, refused - 1  # the first `high` bytes hold `count` messages
+    while count and high - low > 1:
+        middle = (low + high) // 2
+        if len(_parsed(data[:middle], loop) or ()) >= count:
+            high = middle
+        else:
+            low = middle
+    start = high if count else 0
+    return start + framing.empty_lines(data[start:])
+
+
 def _parser_verdict(exc: http_exceptions.HttpProcessingError) -> Rejection:
-    """What the framing policy says about a request llhttp refused, from llhttp's error (the
-    raw bytes are gone by then): a too-long request line is 414, too many or too long
-    headers 431, an unknown method 501, an unsupported version 505, the rest 400."""
+    """What the framing policy says about a request llhttp refused, from llhttp's error (when
+    the raw bytes are gone; see _GuardedHandler._read_again): a too-long request line is
+    414, too many or too long headers 431, an unknown method 501, an unsupported version
+    505, the rest 400."""
     text = str(exc.message)
     match exc:
+        case _PolicyVerdict(rejection=rejection):
+            return rejection
         # The request line's limit differs from a header line's (see _GuardedServer).
         case http_exceptions.LineTooLong() if exc.args[1:2] == (MAX_TARGET_BYTES,):
             return Rejection(
@@ -259,8 +411,8 @@ def _parser_verdict(exc: http_exceptions.HttpProcessingError) -> Rejection:
             return Rejection(431, f"more than {framing.MAX_HEADER_COUNT} header fields")
         case http_exceptions.BadHttpMessage() if "Content-Length overflow" in text:
             return Rejection(413, f"body larger than {contract.MAX_BODY_BYTES} bytes")
-        case http_exceptions.BadHttpMethod() if framing.is_token(_quoted_method(text)):
-            return Rejection(501, "method not implemented")
+        case http_exceptions.BadHttpMethod() if framing.is_token(method := _quoted_method(text)):
+            return Rejection(501, f"method {method[:20]} not implemented")
         case http_exceptions.BadStatusLine(line=line) if framing.is_other_version(line + text):
             return Rejection(505, "HTTP version not supported")
     return Rejection(400, text.split("\n")[0][:200] or "malformed request")

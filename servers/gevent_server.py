@@ -95,6 +95,7 @@ class Handler(pywsgi.WSGIHandler):
     # gevent.Timeout per request cost a fifth of gevent's plaintext throughput).
     waiting_for: str | None = None
     waiting_since = 0.0
+    head_request = False  # the request line read last is a HEAD's
 
     def handle(self) -> None:
         set_nodelay(self.socket)
@@ -123,6 +124,11 @@ class Handler(pywsgi.WSGIHandler):
         # The first byte is in: the whole head must follow within the header timeout.
         self.waiting_for, self.waiting_since = "head", time.monotonic()
         line = self.rfile.readline(framing.MAX_REQUEST_LINE_BYTES + 1)
+        # RFC 9112 section 2.2: empty lines before a request line are ignored (within the
+        # header timeout, which runs from their first byte).
+        while line == b"\r\n":
+            line = self.rfile.readline(framing.MAX_REQUEST_LINE_BYTES + 1)
+        self.head_request = line.startswith(b"HEAD ")  # a refusal then has no body either
         if len(line) > framing.MAX_REQUEST_LINE_BYTES:
             raise framing.LINE_TOO_LONG  # (answered in handle_one_request)
         if line.endswith(b"\n") and not line.endswith(b"\r\n"):
@@ -214,9 +220,8 @@ class Handler(pywsgi.WSGIHandler):
         close without a reset."""
         started = Handler.telemetry.request_started()
         log_refusal(IMPL, rejection, self.client_address[0])
-        sent = answer_and_close(
-            self.socket, wire_response(IMPL, rejection.response()), policy.REFUSED_BODY_LINGER_S
-        )
+        wire = wire_response(IMPL, rejection.response(), self.head_request)
+        sent = answer_and_close(self.socket, wire, policy.REFUSED_BODY_LINGER_S)
         status = rejection.status if sent else CLIENT_CLOSED_STATUS
         Handler.telemetry.request_finished(contract.OTHER_ROUTE, "other", status, started)
 
@@ -233,10 +238,55 @@ class Handler(pywsgi.WSGIHandler):
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
+        if self.wsgi_input.chunked_input:
+            self.wsgi_input = environ["wsgi.input"] = _CheckedChunkedInput(
+                self.rfile, None, self.wsgi_input.socket, chunked_input=True
+            )
         environ["stackbench.target"] = self.path  # undecoded, query string included
         environ["stackbench.socket"] = self.socket
         environ["stackbench.handler"] = self
         return environ
+
+
+class _CheckedChunkedInput(pywsgi.Input):
+    """pywsgi's input for a chunked body, its lines read by the framing policy (pywsgi's own
+    reader took `2;` and trailers without a colon): a line the policy refuses is an OSError,
+    as pywsgi's are."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.chunks = framing.ChunkedBody()
+
+    def _chunked_read(self, length: int | None = None, use_readline: bool = False) -> bytes:
+        self._send_100_continue()
+        chunks = self.chunks
+        read: list[bytes] = []
+        wanted = -1 if length is None else length
+        while wanted and not chunks.done:
+            left = chunks.data_left
+            if left:
+                data = self.rfile.read(left if wanted < 0 else min(left, wanted))
+                if not data:
+                    self._fail("unexpected end of file in chunk data")
+                chunks.feed(data)
+                read.append(data)
+                wanted -= len(data) if wanted > 0 else 0
+                continue
+            line = self.rfile.readline(framing.MAX_CHUNK_LINE_BYTES + 1)
+            if not line.endswith(b"\n") and len(line) <= framing.MAX_CHUNK_LINE_BYTES:
+                self._fail("unexpected end of file in a chunk line")
+            chunks.feed(line)
+            if chunks.broken is not None:
+                self._fail(chunks.broken.message)
+        if chunks.done:
+            self.chunk_length = 0
+        return b"".join(read)
+
+    def _fail(self, why: str) -> None:
+        self._chunked_input_error = True  # (pywsgi then discards nothing more)
+        raise OSError(why)
 
 
 class App:

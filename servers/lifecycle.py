@@ -144,12 +144,14 @@ def response_headers(impl: str, response: Response) -> list[tuple[str, str]]:
     return headers
 
 
-def wire_response(impl: str, response: Response) -> bytes:
+def wire_response(impl: str, response: Response, head_request: bool = False) -> bytes:
     """A whole response as bytes, for the paths that write to the socket themselves
-    (refusals that happen before, or instead of, a server's HTTP stack)."""
+    (refusals that happen before, or instead of, a server's HTTP stack); without its body
+    for a HEAD request."""
     head = "".join(f"{name}: {value}\r\n" for name, value in response_headers(impl, response))
     status = f"HTTP/1.1 {response.status} {reason(response.status)}\r\n"
-    return (status + head + "\r\n").encode("latin-1") + response.body
+    wire = (status + head + "\r\n").encode("latin-1")
+    return wire if head_request else wire + response.body
 
 
 def overloaded_response(impl: str) -> bytes:

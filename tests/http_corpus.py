@@ -25,9 +25,7 @@ class Case:
     status: int
     # Whether the connection stays open for the next request (accepted cases only).
     keep_alive: bool = True
-    # Whether HIDDEN follows in the same bytes. Not after a request that ends its connection
-    # (HTTP/1.0, 2.0, 0.9): llhttp (aiohttp) then refuses the whole read, "data after
-    # Connection: close", and the status would be about that, not about the version.
+    # Whether HIDDEN follows in the same bytes (the HTTP/2.0 preface is complete without it).
     followed: bool = True
 
     @property
@@ -48,6 +46,12 @@ def _get(headers: bytes = b"", line: bytes = b"GET /json HTTP/1.1") -> bytes:
 
 HOST = b"Host: corpus\r\n"
 CHUNKED_EMPTY = b"0\r\n\r\n"
+CHUNKED = b"Transfer-Encoding: chunked\r\n"
+
+
+def _chunked(body: bytes) -> bytes:
+    return _post(CHUNKED, body)
+
 
 CORPUS: tuple[Case, ...] = (
     # -- message framing (RFC 9112 section 6) -------------------------------------------------
@@ -73,6 +77,28 @@ CORPUS: tuple[Case, ...] = (
     Case("te-vertical-tab", _post(b"Transfer-Encoding: \x0bchunked\r\n", CHUNKED_EMPTY), 400),
     Case("chunk-size-garbage", _post(b"Transfer-Encoding: chunked\r\n", b"zz\r\nhello\r\n0\r\n\r\n"), 400),
     Case("chunk-size-overflow", _post(b"Transfer-Encoding: chunked\r\n", b"f" * 40 + b"\r\nx\r\n0\r\n\r\n"), 400),
+    # -- chunk lines (RFC 9112 section 7.1): chunk-size [ chunk-ext ] CRLF, nothing else --------
+    # A chunk extension without a name: its line is `32 3b 0d 0a`.
+    Case("chunk-ext-without-name", _chunked(b"2;\r\naa\r\n0\r\n\r\n"), 400),
+    # Whitespace after the size with no extension: some parsers read size 10, some refuse.
+    Case("chunk-size-then-space", _chunked(b"a \r\n0123456789\r\n0\r\n\r\n"), 400),
+    Case("chunk-size-then-tab", _chunked(b"a\t\r\n0123456789\r\n0\r\n\r\n"), 400),
+    Case("chunk-ext-after-space", _chunked(b"2 ;a\r\naa\r\n0\r\n\r\n"), 400),
+    Case("chunk-ext-name-after-space", _chunked(b"2; a\r\naa\r\n0\r\n\r\n"), 400),
+    Case("chunk-ext-not-a-token", _chunked(b"2;a(b\r\naa\r\n0\r\n\r\n"), 400),
+    Case("chunk-ext-unterminated-quote", _chunked(b'2;a="b\r\naa\r\n0\r\n\r\n'), 400),
+    Case("chunk-ext-on-last-without-name", _chunked(b"2\r\naa\r\n0;\r\n\r\n"), 400),
+    # 20 hex digits: past any 64-bit size (h11 read it and waited for 2**80 bytes).
+    Case("chunk-size-20-digits", _chunked(b"f" * 20 + b"\r\naa\r\n0\r\n\r\n"), 400),
+    Case("chunk-size-17-digits", _chunked(b"1" + b"0" * 16 + b"\r\naa\r\n0\r\n\r\n"), 400),
+    Case("chunk-line-bare-lf", _chunked(b"2\naa\r\n0\r\n\r\n"), 400),
+    Case("chunk-data-then-bare-lf", _chunked(b"2\r\naa\n0\r\n\r\n"), 400),
+    Case("chunk-last-line-bare-lf", _chunked(b"2\r\naa\r\n0\n\r\n"), 400),
+    Case("chunk-body-end-bare-lf", _chunked(b"2\r\naa\r\n0\r\n\n"), 400),
+    Case("chunk-trailer-bare-lf", _chunked(b"2\r\naa\r\n0\r\nX-T: a\n\r\n"), 400),
+    Case("chunk-trailer-folded", _chunked(b"2\r\naa\r\n0\r\nX-T: a\r\n b\r\n\r\n"), 400),
+    Case("chunk-trailer-no-colon", _chunked(b"2\r\naa\r\n0\r\nX-T\r\n\r\n"), 400),
+    Case("chunk-trailer-del", _chunked(b"2\r\naa\r\n0\r\nX-T: a\x7fb\r\n\r\n"), 400),
     # -- field syntax (RFC 9112 section 5, RFC 9110 section 5.5) ------------------------------
     Case("space-before-colon", _post(b"Content-Length : 37\r\n"), 400),
     Case("tab-before-colon", _post(b"Content-Length\t: 37\r\n"), 400),
@@ -80,6 +106,7 @@ CORPUS: tuple[Case, ...] = (
     Case("obs-fold-te", _post(b"Transfer-Encoding:\r\n chunked\r\n", CHUNKED_EMPTY), 400),
     Case("nul-in-value", _get(HOST + b"X-Value: a\x00b\r\n"), 400),
     Case("cr-in-value", _get(HOST + b"X-Value: a\rb\r\n"), 400),
+    Case("del-in-value", _get(HOST + b"X-Value: a\x7fb\r\n"), 400),
     Case("space-in-name", _get(HOST + b"X Value: a\r\n"), 400),
     Case("empty-name", _get(HOST + b": a\r\n"), 400),
     Case("no-colon", _get(HOST + b"X-Value\r\n"), 400),
@@ -92,11 +119,20 @@ CORPUS: tuple[Case, ...] = (
     Case("bare-lf-header", _get(HOST + b"X-Value: a\nX-Other: b\r\n"), 400),
     Case("bare-lf-everywhere", b"GET /json HTTP/1.1\nHost: corpus\n\n", 400),
     Case("version-malformed", _get(HOST, b"GET /json HTTP/1.x"), 400),
-    Case("version-2", _get(HOST, b"GET /json HTTP/2.0"), 505, followed=False),
-    Case("version-0.9", _get(HOST, b"GET /json HTTP/0.9"), 505, followed=False),
+    # One order of checks: the line's syntax (400), the version (505), the method (501), the
+    # target's form (400: the asterisk-form is for OPTIONS only, RFC 9112 section 3.2.4).
+    Case("version-2", _get(HOST, b"GET /json HTTP/2.0"), 505),
+    Case("version-0.9", _get(HOST, b"GET /json HTTP/0.9"), 505),
+    Case("version-2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, followed=False),
+    Case("version-2-unknown-method", _get(HOST, b"BREW /json HTTP/2.0"), 505),
+    Case("version-malformed-unknown-method", _get(HOST, b"BREW /json HTTP/1.x"), 400),
     Case("method-unknown", _get(HOST, b"BREW /json HTTP/1.1"), 501),
     Case("method-lowercase", _get(HOST, b"get /json HTTP/1.1"), 501),
     Case("method-not-a-token", _get(HOST, b"G(T /json HTTP/1.1"), 400),
+    Case("method-rtsp", _get(HOST, b"ANNOUNCE /x HTTP/1.1"), 501),
+    Case("method-pri", _get(HOST, b"PRI * HTTP/1.1"), 501),
+    Case("method-ssdp", _get(HOST, b"M-SEARCH * HTTP/1.1"), 501),
+    Case("asterisk-not-options", _get(HOST, b"GET * HTTP/1.1"), 400),
     # -- limits -------------------------------------------------------------------------------
     Case("request-line-20k", _get(HOST, b"GET /" + b"a" * 20 * 1024 + b" HTTP/1.1"), 414),
     Case("head-70k", _get(HOST + b"".join(b"X-Fill-%d: %s\r\n" % (i, b"f" * 7000) for i in range(10))), 431),
@@ -110,6 +146,16 @@ CORPUS: tuple[Case, ...] = (
 ACCEPTED: tuple[Case, ...] = (
     Case("te-chunked-mixed-case", _post(b"Transfer-Encoding: ChUnKeD\r\n", b"5\r\nhello\r\n0\r\n\r\n"), 200),
     Case("http10-without-host", b"GET /json HTTP/1.0\r\n\r\n", 200, keep_alive=False, followed=False),
+    # Answered, then closed: what follows a request that ends its connection is not read.
+    Case("http10-then-more", b"GET /json HTTP/1.0\r\n\r\n", 200, keep_alive=False),
+    Case("close-then-more", _get(HOST + b"Connection: close\r\n"), 200, keep_alive=False),
+    # RFC 9112 section 2.2: empty lines (CRLF) before a request line are ignored.
+    Case("empty-line-first", b"\r\n" + _get(HOST), 200),
+    Case("empty-lines-first", b"\r\n\r\n\r\n" + _get(HOST), 200),
+    Case("chunk-ext-named", _chunked(b"2;a\r\naa\r\n0\r\n\r\n"), 200),
+    Case("chunk-ext-valued", _chunked(b'2;a=b;c="d \\"e"\r\naa\r\n0;z\r\n\r\n'), 200),
+    Case("chunk-size-16-digits", _chunked(b"0" * 15 + b"2\r\naa\r\n0\r\n\r\n"), 200),
+    Case("chunk-trailer", _chunked(b"2\r\naa\r\n0\r\nX-T: a\r\n\r\n"), 200),
     Case("absolute-form", _get(HOST, b"GET http://corpus/json HTTP/1.1"), 200),
     # The asterisk-form (RFC 9112 section 3.2.4) names no route: the contract's 404, then HIDDEN.
     Case("options-asterisk", _get(HOST, b"OPTIONS * HTTP/1.1"), 404),

@@ -186,7 +186,8 @@ def test_every_figure_a_scenario_names_is_defined() -> None:
 @pytest.mark.parametrize(
     ("value", "error", "text"),
     [(2001.5, 2.0, "2,002"), (1.6234, None, "1.62"), (38512.3, None, "38,500"),
-     (38512.3, 38.0, "38,510"), (0.0234, None, "0.0234"), (None, None, "\u2013")],
+     (38512.3, 38.0, "38,510"), (0.0234, None, "0.0234"), (None, None, "\u2013"),
+     (0.4, 3.0, "< 3"), (0.0, 1.5, "< 2")],  # a value its error exceeds has no digit known
 )  # fmt: skip
 def test_numbers_carry_no_more_digits_than_their_error(value, error, text) -> None:
     assert number(value, error) == text

@@ -11,16 +11,70 @@ from servers.protocol import framing
 from servers.protocol.framing import Rejection, check_request, parse_head
 
 # Cases the head parser cannot decide: they are about the body, after the head.
-BODY_CASES = {"chunk-size-garbage", "chunk-size-overflow"}
+BODY_CASES = {case.name for case in CORPUS if case.name.startswith("chunk-")}
 
 
 def verdict(case: Case) -> int:
-    head = case.data.partition(b"\r\n\r\n")[0]
+    data = case.data[framing.empty_lines(case.data) :]
+    head, _, body = data.partition(b"\r\n\r\n")
     try:
-        parse_head(head)
+        parsed = parse_head(head)
     except Rejection as rejection:
         return rejection.status
+    if any(value.lower() == b"chunked" for name, value in parsed.headers):
+        chunks = framing.ChunkedBody()
+        chunks.feed(body)
+        if chunks.broken is not None:
+            return chunks.broken.status
+        assert chunks.done
     return 200
+
+
+@pytest.mark.parametrize("case", [c for c in CORPUS if c.name in BODY_CASES], ids=str)
+def test_the_chunk_lines_of_each_corpus_case_get_its_status(case: Case) -> None:
+    assert verdict(case) == case.status
+
+
+@pytest.mark.parametrize(
+    ("line", "size"),
+    [
+        (b"2\r\n", 2), (b"A\r\n", 10), (b"0" * 15 + b"a\r\n", 10), (b"0\r\n", 0),
+        (b"2;a\r\n", 2), (b"2;a=b\r\n", 2), (b'2;a="b;c\\" d"\r\n', 2), (b'2;a=""\r\n', 2),
+        (b"2;a=b;c\r\n", 2), (b"2;a=\xff\r\n", None), (b'2;a="\xff"\r\n', 2),
+        (b"2;\r\n", None), (b"2; a\r\n", None), (b"2 ;a\r\n", None), (b"2 \r\n", None),
+        (b"2\t\r\n", None), (b"2;a \r\n", None), (b"2;a = b\r\n", None), (b"2;=b\r\n", None),
+        (b"2;;a\r\n", None), (b"2;a=\r\n", None), (b'2;a="b\r\n', None), (b"2;a(\r\n", None),
+        (b"1" + b"0" * 16 + b"\r\n", None), (b"f" * 20 + b"\r\n", None), (b"\r\n", None),
+        (b"2\n", None), (b"2\r\r\n", None), (b"+2\r\n", None), (b"0x2\r\n", None),
+        (b" 2\r\n", None), (b"2;a=\x7f\r\n", None),
+    ],
+)  # fmt: skip
+def test_a_chunk_line_is_read_strictly(line: bytes, size: int | None) -> None:
+    assert framing.check_chunk_line(line) == size
+
+
+def test_a_chunked_body_is_followed_through_any_split() -> None:
+    wire = b"5;x=y\r\nhello\r\n10\r\n" + b"d" * 16 + b"\r\n0\r\nT: v\r\n\r\n"
+    for cut in range(1, len(wire)):
+        chunks = framing.ChunkedBody()
+        taken = chunks.feed(wire[:cut])
+        assert taken == cut and not chunks.done and chunks.broken is None
+        assert chunks.feed(wire[cut:] + b"GET / HTTP/1.1") == len(wire) - cut
+        assert chunks.done and chunks.broken is None
+    broken = framing.ChunkedBody()
+    broken.feed(b"5\r\nhello\r\n")
+    broken.feed(b"2;\r\n")
+    assert broken.broken is not None and broken.broken.status == 400
+    long = framing.ChunkedBody()
+    long.feed(b"5;" + b"a" * framing.MAX_CHUNK_LINE_BYTES)
+    assert long.broken is not None
+
+
+def test_empty_lines_are_crlf_only() -> None:
+    assert framing.empty_lines(b"\r\n\r\nGET") == 4
+    assert framing.empty_lines(b"\r\n\nGET") == 2
+    assert framing.empty_lines(b"\rGET") == 0
+    assert framing.empty_lines(b"GET") == 0
 
 
 @pytest.mark.parametrize("case", [c for c in CORPUS if c.name not in BODY_CASES], ids=str)
@@ -60,6 +114,8 @@ H = [(b"Host", b"a")]
         ("GET", "1.1", [], 400),
         ("GET", "2.0", H, 505),
         ("BREW", "1.1", H, 501),
+        ("BREW", "2.0", H, 505),  # the version first, then the method
+        ("BREW", "1.1", [], 501),  # the method before the fields
         ("POST", "1.1", [*H, (b"Content-Length", b"5")], None),
         ("POST", "1.1", [*H, (b"content-length", b"05")], None),
         ("POST", "1.1", [*H, (b"Content-Length", b"5"), (b"Content-Length", b"5")], 400),
@@ -93,6 +149,7 @@ def test_refusals_are_the_contracts_json_and_close() -> None:
     [
         (b"GET / HTTP/1.1\r\nHost: a\r\n", None),
         (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n", 400),  # obs-fold, which h11 unfolds
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n", 400),  # DEL, which h11 admits
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 5\r\nCONTENT-LENGTH: 5\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-Content-Length: 5\r\n", None),

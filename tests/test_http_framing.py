@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 from http_corpus import ACCEPTED, CORPUS, HIDDEN, Case, statuses
@@ -71,9 +72,18 @@ def test_ambiguous_request_is_refused_and_nothing_behind_it_served(
 
 @pytest.mark.parametrize("case", ACCEPTED, ids=str)
 def test_request_at_the_edge_of_the_policy_is_served(server: ServerProcess, case: Case) -> None:
-    wire, _ = exchange(server.port, case.data + CLOSING_HIDDEN if case.followed else case.data)
+    wire, ending = exchange(server.port, case.data + CLOSING_HIDDEN if case.followed else case.data)
     expected = [case.status, 404] if case.keep_alive else [case.status]
     assert statuses(wire) == expected, wire[:300]
+    assert ending == "closed"  # after HIDDEN (it asks to close), or after the one answer
+
+
+@pytest.mark.parametrize("method", [b"BREW", b"ANNOUNCE", b"PRI"])
+def test_an_unknown_method_is_named_in_its_501(server: ServerProcess, method: bytes) -> None:
+    wire, _ = exchange(server.port, b"%s /x HTTP/1.1\r\nHost: t\r\n\r\n" % method)
+    assert statuses(wire) == [501]
+    error = json.loads(wire.partition(b"\r\n\r\n")[2])["error"]
+    assert method.decode() in error, error
 
 
 def test_rejections_are_counted_logged_in_one_line_and_leave_the_server_well(
@@ -210,11 +220,82 @@ def header_mutated_requests(draw: st.DrawFn) -> bytes:
     return b"POST /echo HTTP/1.1\r\n" + head + b"\r\n" + body
 
 
+# Chunk lines: `size [ ; name [ = value ] ]... CRLF`, every way a parser could read one
+# differently. Left out, because aiohttp's llhttp alone accepts them where the policy refuses
+# (README, "Not yet uniform"): an empty extension name before `=` or `;` (`;=b`, `;;a`), an
+# empty value (`;a=`), a size zero-padded past 16 digits, a line over 4 KiB.
+CHUNK_EXTENSIONS = [
+    b";a", b";a=b", b';a="b c"', b";a=b;c", b';a=""', b";a-b.c=d_e",
+    b";", b"; a", b" ;a", b"\t;a", b";a ", b";a = b", b";a=b c", b";(", b';a="b', b";a=\x7f",
+    b";a;", b";a=b;",
+]  # fmt: skip
+SIZE_SPELLINGS = {  # other ways to write a size (the same value), or a size past 64 bits
+    b"5": [b"5", b"05", b"0" * 15 + b"5", b"1" + b"0" * 15 + b"5", b"5 ", b"5\t", b" 5"],
+    b"a": [b"a", b"A", b"00A", b"0" * 15 + b"a", b"f" * 20, b"a ", b"+a", b"0xa"],
+    b"0": [b"0", b"000", b"0" * 16, b"0 "],
+}
+LINE_ENDS = [b"\n", b"\r", b"\r\r\n", b"\n\r", b"\r\n\r\n"]
+TRAILERS = [b"X-T: v\r\n", b"X-T:v\r\n", b"X-T: v\n", b"X T: v\r\n", b"X-T\r\n", b"X-T: \x7f\r\n"]
+
+
+@st.composite
+def chunk_mutated_requests(draw: st.DrawFn) -> bytes:
+    """A valid chunked POST /echo (`5` hello, `a` ten bytes, `0`) whose chunk lines are given
+    extensions, whitespace, other spellings of their sizes, other line ends, or trailers."""
+    sizes = list(SIZE_SPELLINGS)  # b"5", b"a", b"0"
+    extensions = [b"", b"", b""]
+    data = [b"hello", b"0123456789", None]
+    # The CRLF ending each line: size lines 0, 2, 4; the data 1, 3; the body's last line 5.
+    ends = [b"\r\n"] * 6
+    trailers: list[bytes] = []
+    for _ in range(draw(st.integers(1, 3))):
+        index = draw(st.integers(0, 2))
+        match draw(st.sampled_from(["extension", "size", "line-end", "trailer"])):
+            case "extension":
+                extensions[index] = draw(st.sampled_from(CHUNK_EXTENSIONS))
+            case "size":
+                sizes[index] = draw(st.sampled_from(list(SIZE_SPELLINGS.values())[index]))
+            case "line-end":
+                ends[draw(st.integers(0, 5))] = draw(st.sampled_from(LINE_ENDS))
+            case "trailer":
+                trailers.append(draw(st.sampled_from(TRAILERS)))
+    body = b""
+    for index in range(3):
+        body += sizes[index] + extensions[index] + ends[2 * index]
+        if data[index] is not None:
+            body += data[index] + ends[2 * index + 1]
+    body += b"".join(trailers) + ends[5]
+    return b"POST /echo HTTP/1.1\r\nHost: fuzz\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+
+
+# RFC 9112 section 2.2 ignores empty lines (CRLF) before a request line; the rest is refused.
+# Left out: a bare CR or LF before a request behind another on the connection (aiohttp's
+# llhttp skips those; the policy refuses them where it can see them, before a first request).
+PREFIXES = [b"\r\n", b"\r\n\r\n", b"\n", b"\r", b" ", b"\t", b"\r\r\n", b"\n\r\n", b"\x00"]
+
+
+@st.composite
+def prefixed_requests(draw: st.DrawFn) -> bytes:
+    """GET /json on a new connection, with empty lines, whitespace or bare line ends first;
+    and sometimes a pipelined request behind it with empty lines (CRLF) first."""
+    prefix = b"".join(draw(st.lists(st.sampled_from(PREFIXES), min_size=1, max_size=3)))
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]))
+    wire = prefix + b"GET /json " + version + b"\r\nHost: fuzz\r\n\r\n"
+    if version == b"HTTP/1.1" and draw(st.booleans()):
+        wire += b"\r\n" * draw(st.integers(1, 3)) + b"GET / HTTP/1.1\r\nHost: fuzz\r\n\r\n"
+    return wire
+
+
 FUZZ_CASES = 60
 
 
-def test_every_server_reads_header_mutations_the_same_way(
-    servers: dict[str, ServerProcess],
+@pytest.mark.parametrize(
+    "mutations",
+    [header_mutated_requests, chunk_mutated_requests, prefixed_requests],
+    ids=["header-fields", "chunk-lines", "request-line-prefixes"],
+)
+def test_every_server_reads_mutations_the_same_way(
+    servers: dict[str, ServerProcess], mutations: Callable[[], st.SearchStrategy[bytes]]
 ) -> None:
     """The smuggling property itself: for any mutation, every server answers the same
     statuses in the same order (a request one server serves and another refuses is what a
@@ -226,7 +307,7 @@ def test_every_server_reads_header_mutations_the_same_way(
         suppress_health_check=list(HealthCheck),
         derandomize=os.environ.get("CI") == "true",
     )  # fmt: skip
-    @given(header_mutated_requests())
+    @given(mutations())
     def throw(wire: bytes) -> None:
         answers = {
             impl: statuses(exchange(server.port, wire + CLOSING_HIDDEN, timeout=2.0)[0])
@@ -299,19 +380,13 @@ def test_an_http11_request_then_a_half_close_is_answered(server: ServerProcess) 
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
 
 
-# The servers that know the peer where they log a refusal (the h11 core logs without it).
-LOGS_THE_PEER = ("aiohttp", "gevent", "go-nethttp", "rust-hyper")
-
-
-@pytest.mark.parametrize("impl_name", LOGS_THE_PEER)
-def test_a_refusal_is_logged_with_the_client_address(impl_name: str) -> None:
+def test_a_refusal_is_logged_with_the_client_address(server: ServerProcess) -> None:
     """lifecycle.log_refusal's line: `stackbench IMPL: refused STATUS from IP: MESSAGE`."""
-    with ServerProcess(impl_name) as server:
-        exchange(server.port, b"GET /json HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 5\r\n\r\n")
-        assert wait_until(
-            lambda: f"{impl_name}: refused 400 from 127.0.0.1: " in server.stderr_tail(20),
-            timeout=5,
-        ), server.stderr_tail(20)
+    exchange(server.port, b"GET /json HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 5\r\n\r\n")
+    assert wait_until(
+        lambda: f"{server.impl}: refused 400 from 127.0.0.1: " in server.stderr_tail(20),
+        timeout=5,
+    ), server.stderr_tail(20)
 
 
 def test_a_client_leaving_mid_body_is_written_nothing(server: ServerProcess) -> None:
@@ -330,7 +405,12 @@ def test_a_client_leaving_mid_body_is_written_nothing(server: ServerProcess) -> 
 
 @pytest.mark.parametrize(
     ("fields", "status"),
-    [(b"Content-Length: 5, 5", 400), (b"Content-Length: 99999999", 413), (b"", 400)],
+    [
+        (b"Content-Length: 5, 5", 400),
+        (b"Content-Length: 99999999", 413),
+        (b"", 400),
+        (b"Transfer-Encoding: gzip, chunked", 501),
+    ],
 )
 def test_a_refused_head_request_is_answered_without_a_body(
     server: ServerProcess, fields: bytes, status: int

@@ -19,6 +19,8 @@ def number(value: float | None, error: float | None = None, significant: int = S
         return "\u2013"  # an en dash
     if math.isinf(value):
         return "∞" if value > 0 else "-∞"
+    if error and abs(value) < error:
+        return f"< {number(error, error)}"  # no digit of the value is known, not even its first
     if value == 0:
         return "0"
     magnitude = math.floor(math.log10(abs(value)))

@@ -16,6 +16,9 @@ Three layers enforce it, each where its stack needs it (the README's "HTTP frami
   the limits it applies differently.
 - `parse_head`: a strict parser of a whole raw head (RFC 9112 sections 2-5), for gevent.pywsgi,
   whose own header parsing (the email package's) accepts almost anything.
+- `ChunkedBody`: the lines of a chunked body (RFC 9112 section 7.1: chunk sizes, extensions,
+  trailers), followed through the reads they arrive in, for the parsers that are lenient about
+  them (h11 on purpose, pywsgi); llhttp (aiohttp) is as strict itself.
 """
 
 from __future__ import annotations
@@ -29,17 +32,21 @@ from servers import contract
 __all__ = [
     "BARE_LF",
     "LINE_TOO_LONG",
+    "MAX_CHUNK_LINE_BYTES",
     "MAX_HEADER_COUNT",
     "MAX_HEAD_BYTES",
     "MAX_REMEMBERED_HEAD_BYTES",
     "MAX_REQUEST_LINE_BYTES",
     "AcceptedHeads",
+    "ChunkedBody",
     "Head",
     "Rejection",
+    "check_chunk_line",
     "check_line",
     "check_raw_head",
     "check_request",
     "check_unfolded_head",
+    "empty_lines",
     "head_size",
     "is_other_version",
     "is_token",
@@ -103,6 +110,9 @@ LINE_TOO_LONG = Rejection(414, f"request line longer than {MAX_REQUEST_LINE_BYTE
 # RFC 9112 section 2.2 lets a recipient take a bare LF for a line's end; llhttp does not, and a
 # proxy that differs from the server on it can be smuggled through: refused everywhere.
 BARE_LF = Rejection(400, "a line ended by a bare LF (not CRLF)")
+ASTERISK_NOT_OPTIONS = Rejection(400, "the asterisk-form is for OPTIONS only")
+# DEL is a control character (RFC 9110 section 5.5); h11 admits it in field values.
+DEL_IN_FIELD = Rejection(400, "a control character (DEL) in a header field")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,16 +127,28 @@ class Head:
 
 
 def check_request(
-    method: str, version: str, headers: Iterable[tuple[bytes, bytes]], field_sizes: bool = True
+    method: str,
+    version: str,
+    headers: Iterable[tuple[bytes, bytes]],
+    field_sizes: bool = True,
+    asterisk: bool = False,
 ) -> Rejection | None:
     """The policy's decisions on a parsed head: None if the request may be served. `headers`
     are (name, value) pairs as received, in any case, one per field line. `field_sizes`:
-    whether to check each field's size too (not if the parser has, or the head is small)."""
-    return _check_fields(method, version, headers, field_sizes)[0]
+    whether to check each field's size too (not if the parser has, or the head is small).
+    `asterisk`: whether the target is `*`.
+
+    One order of checks, so that a request wrong in several ways gets one status everywhere:
+    the version (505), the method (501), the target's form (400), then the fields."""
+    return _check_fields(method, version, headers, field_sizes, asterisk)[0]
 
 
 def _check_fields(
-    method: str, version: str, headers: Iterable[tuple[bytes, bytes]], field_sizes: bool
+    method: str,
+    version: str,
+    headers: Iterable[tuple[bytes, bytes]],
+    field_sizes: bool,
+    asterisk: bool = False,
 ) -> tuple[Rejection | None, bool]:
     """check_request's verdict, and whether the head has a Content-Length. (Written for
     few calls: it runs on every request, and a call costs more than the rest of a step.)"""
@@ -134,6 +156,8 @@ def _check_fields(
         return Rejection(505, f"HTTP/{version[:10]} not supported"), False
     if method not in contract.KNOWN_METHODS:
         return Rejection(501, f"method {method[:20]} not implemented"), False
+    if asterisk and method != "OPTIONS":  # RFC 9112 section 3.2.4
+        return ASTERISK_NOT_OPTIONS, False
     count = 0
     seen: dict[bytes, bytes] = {}
     repeated: bytes | None = None
@@ -200,7 +224,9 @@ def check_unfolded_head(
         return check_line(len(method), len(target))
     text_version = _VERSION_TEXT.get(version) or version.decode("ascii")
     big = len(received) > MAX_FIELD_BYTES  # else no field can be too long
-    rejection, has_length = _check_fields(method.decode("ascii"), text_version, fields, big)
+    rejection, has_length = _check_fields(
+        method.decode("ascii"), text_version, fields, big, target == b"*"
+    )
     if rejection is not None:
         return rejection
     if (
@@ -209,6 +235,7 @@ def check_unfolded_head(
         or b"\n " in received
         or b"\n\t" in received
         or received.count(b"\n") != received.count(b"\r\n")
+        or b"\x7f" in received
     ):
         return check_raw_head(raw_head())
     return None
@@ -260,6 +287,8 @@ def check_raw_head(head: bytes) -> Rejection | None:
         return Rejection(400, "obsolete line folding (a header line starting with whitespace)")
     if head.count(b"\n") != head.count(b"\r\n"):
         return BARE_LF
+    if b"\x7f" in head:  # (h11 refuses it in the request line itself)
+        return DEL_IN_FIELD
     # h11 reads repeated lengths (`5, 5`, two fields of 5) as one, where the policy refuses.
     lowered = head.lower()
     at = lowered.find(b"\ncontent-length:")
@@ -308,7 +337,7 @@ def parse_head(head: bytes) -> Head:
             raise Rejection(400, "malformed header line")
         headers.append((parsed[1].lower(), parsed[2]))
     version = f"{major.decode()}.{minor.decode()}"
-    rejection = check_request(method.decode("ascii"), version, headers)
+    rejection = check_request(method.decode("ascii"), version, headers, asterisk=target == b"*")
     if rejection is not None:
         raise rejection
     lengths = [value for name, value in headers if name == b"content-length"]
@@ -337,6 +366,104 @@ def verdict_on_raw(received: bytes) -> Rejection | None:
     except Rejection as rejection:
         return rejection
     return None
+
+
+def empty_lines(data: bytes) -> int:
+    """How many bytes of empty lines (CRLF) `data` begins with: RFC 9112 section 2.2 has a
+    server ignore them before a request line (a client may send one after a POST body). Only
+    CRLF: a bare CR or LF there is refused, as everywhere in a head."""
+    found = _EMPTY_LINES.match(data)
+    return found.end() if found else 0
+
+
+_EMPTY_LINES = re.compile(rb"(?:\r\n)+")
+
+# A chunk line, CRLF included (a chunk-size line, a trailer line): longer is refused (400).
+# net/http's own limit, under which go-nethttp hands it every line.
+MAX_CHUNK_LINE_BYTES = 4096
+MAX_CHUNK_SIZE_DIGITS = 16  # a 64-bit size (net/http, pywsgi and llhttp stop there)
+# RFC 9112 section 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS
+# chunk-ext-val ] ), a name a token, a value a token or a quoted-string (RFC 9110 section
+# 5.6.4). Without the BWS, as llhttp reads it: whitespace in a chunk line (`a SP CRLF`, read
+# as size 10 by some parsers and refused by others) is the discrepancy that chunk-line
+# smuggling through proxies uses, so none is allowed.
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,%d})(?:;%s(?:=(?:%s|%s))?)*\r\n"
+    % (MAX_CHUNK_SIZE_DIGITS, _TOKEN, _TOKEN, _QUOTED)
+)
+MALFORMED_CHUNK_LINE = Rejection(400, "a malformed chunk line")
+
+
+def check_chunk_line(line: bytes) -> int | None:
+    """A chunk-size line (CRLF included): its size, or None if the policy refuses it."""
+    found = _CHUNK_LINE.fullmatch(line)
+    return int(found[1], 16) if found else None
+
+
+class ChunkedBody:
+    """A chunked body's framing, followed through the reads it arrives in, free of I/O:
+    `feed(data)` with each read (from the body's first byte) returns how many of its bytes
+    belong to the body (the rest is the next request's); once the body has ended, `done`;
+    once a line is one the policy refuses (a chunk line, the CRLF after a chunk's data, a
+    trailer line), `broken` is the Rejection and nothing more is read. The parser that reads
+    the body (h11, pywsgi) is the one that frames it; this only says when it must not."""
+
+    __slots__ = ("_left", "_line", "_state", "broken", "done")
+
+    _SIZE, _DATA_END, _TRAILER = range(3)
+
+    def __init__(self) -> None:
+        self._state = self._SIZE
+        self._left = 0  # chunk data still to come
+        self._line = b""  # the start of a line cut by the end of a read
+        self.done = False
+        self.broken: Rejection | None = None
+
+    @property
+    def data_left(self) -> int:
+        """The bytes of chunk data the lines read so far announce and have not come yet."""
+        return self._left
+
+    def feed(self, data: bytes) -> int:
+        at = 0
+        while at < len(data) and not self.done and self.broken is None:
+            if self._left:
+                taken = min(self._left, len(data) - at)
+                at += taken
+                self._left -= taken
+                continue
+            end = data.find(b"\n", at)
+            line = self._line + data[at : None if end < 0 else end + 1]
+            if len(line) > MAX_CHUNK_LINE_BYTES:
+                self.broken = Rejection(400, f"a chunk line longer than {MAX_CHUNK_LINE_BYTES}")
+                break
+            if end < 0:
+                self._line = line
+                return len(data)
+            self._line = b""
+            at = end + 1
+            self._line_ended(line)
+        return at
+
+    def _line_ended(self, line: bytes) -> None:
+        if self._state == self._SIZE:
+            size = check_chunk_line(line)
+            if size is None:
+                self.broken = MALFORMED_CHUNK_LINE
+            elif size:
+                self._left, self._state = size, self._DATA_END
+            else:
+                self._state = self._TRAILER
+        elif self._state == self._DATA_END:
+            if line == b"\r\n":
+                self._state = self._SIZE
+            else:
+                self.broken = Rejection(400, "chunk data not ended by CRLF")
+        elif line == b"\r\n":
+            self.done = True
+        elif not line.endswith(b"\r\n") or _FIELD_LINE.fullmatch(line[:-2]) is None:
+            self.broken = Rejection(400, "a malformed trailer line")
 
 
 def is_token(text: str) -> bool:

@@ -44,7 +44,13 @@ from servers.contract import (
     Stream,
     Upstream,
 )
-from servers.lifecycle import log_refusal, reason, response_headers, stream_headers
+from servers.lifecycle import (
+    log_refusal,
+    reason,
+    response_headers,
+    stream_headers,
+    wire_response,
+)
 from servers.protocol import framing
 from servers.protocol.framing import Rejection
 from servers.protocol.policy import Waiting
@@ -158,18 +164,37 @@ class _ResponseEvents:
 _RESPONSE_EVENTS = _ResponseEvents()
 
 
+def _address(peer: Callable[[], str | None] | None) -> str | None:
+    try:
+        return peer() if peer is not None else None
+    except OSError:  # the client has gone already
+        return None
+
+
+def _connection() -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=framing.MAX_HEAD_BYTES)
+
+
 class ClientGone(Exception):
     """The client closed its connection while its request was being handled."""
 
 
 class ConnectionCore:
     def __init__(
-        self, impl: str, telemetry: Telemetry, clock: Callable[[], float] = time.monotonic
+        self,
+        impl: str,
+        telemetry: Telemetry,
+        clock: Callable[[], float] = time.monotonic,
+        peer: Callable[[], str | None] | None = None,
     ) -> None:
         self.impl = impl
         self.telemetry = telemetry
         self.clock = clock
-        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=framing.MAX_HEAD_BYTES)
+        self.peer = peer  # the client's address (asked only for a refusal's log line)
+        self.http = _connection()
+        # The request's chunked body, followed by the framing policy (h11 is lenient about
+        # chunk lines on purpose): fed every byte before h11 is.
+        self.chunks: framing.ChunkedBody | None = None
         self.waiting_for: Waiting = None
         self.waiting_since = 0.0
         # Set by a draining server: finish the request in hand, then close.
@@ -209,6 +234,8 @@ class ConnectionCore:
         assert isinstance(data, bytes)
         if not data:
             self.peer_closed = True
+        if self.chunks is not None:
+            self.chunks.feed(data)
         self.http.receive_data(data)
         return data
 
@@ -218,21 +245,33 @@ class ConnectionCore:
         # The head's raw bytes, for the byte-level checks h11 does not make: what h11 holds
         # already (a pipelined request), then what arrives until h11 has a whole head.
         self.head_request = False
-        raw = self.http.trailing_data[0]
-        more: list[bytes] = []  # a head in several reads (rare: kept apart, joined once)
-        try:
-            event = self.http.next_event()
-            if event is h11.NEED_DATA:
-                raw += yield from self._receive("idle")
-                # The head has begun: all of it must arrive within the header timeout.
-                while (event := self.http.next_event()) is h11.NEED_DATA:
-                    more.append((yield from self._receive("head")))
-        except h11.RemoteProtocolError as exc:
-            # h11's verdict, unless the policy's own reading of the bytes says otherwise (so
-            # that every server answers a given request with the same status).
-            raise framing.verdict_on_raw(raw + b"".join(more)) or Rejection(
-                exc.error_status_hint, str(exc) or "malformed request"
-            ) from None
+        self.chunks = None
+        waiting: Waiting = "idle"
+        while True:
+            raw = self.http.trailing_data[0]
+            more: list[bytes] = []  # a head in several reads (rare: kept apart, joined once)
+            try:
+                event = self.http.next_event()
+                if event is h11.NEED_DATA:
+                    raw += yield from self._receive(waiting)
+                    # The head has begun: all of it must arrive within the header timeout.
+                    while (event := self.http.next_event()) is h11.NEED_DATA:
+                        more.append((yield from self._receive("head")))
+                break
+            except h11.RemoteProtocolError as exc:
+                received = raw + b"".join(more)
+                if received[:2] == b"\r\n":
+                    # Empty lines before a request line, which h11 refuses and RFC 9112
+                    # section 2.2 has a server ignore: h11 again on what follows them.
+                    self._restart(received[framing.empty_lines(received) :])
+                    waiting = "head"
+                    continue
+                self.head_request = received.startswith(b"HEAD ")
+                # h11's verdict, unless the policy's own reading of the bytes says otherwise
+                # (so that every server answers a given request with the same status).
+                raise framing.verdict_on_raw(received) or Rejection(
+                    exc.error_status_hint, str(exc) or "malformed request"
+                ) from None
         self.waiting_for = None  # handling the request has no such limit
         if not isinstance(event, h11.Request):
             return None
@@ -251,11 +290,29 @@ class ConnectionCore:
         )
         if rejection is not None:
             raise rejection
+        if any(name == b"transfer-encoding" for name, _ in event.headers):
+            # (The policy has accepted its Transfer-Encoding: chunked.) Its lines so far are
+            # what h11 holds past the head; a chunked head is not remembered, so that every
+            # one gets here.
+            self.chunks = framing.ChunkedBody()
+            self.chunks.feed(self.http.trailing_data[0])
+            return event
         ACCEPTED_HEADS.remember(raw, len(raw))  # the head and what came with it
         return event
 
+    def _restart(self, data: bytes) -> None:
+        """A new h11 connection, given `data` (between requests, h11 keeps nothing else)."""
+        closed = self.http.trailing_data[1]
+        self.http = _connection()
+        self.http.receive_data(data)
+        if closed:
+            self.http.receive_data(b"")
+
     def _next_event(self, waiting: Waiting) -> Generator[Operation, object, h11.Event]:
         while True:
+            if self.chunks is not None and self.chunks.broken is not None:
+                # h11 would read on; its own error for a broken body takes the same path.
+                raise h11.RemoteProtocolError(self.chunks.broken.message)
             event = self.http.next_event()
             if event is not h11.NEED_DATA:
                 return event
@@ -308,6 +365,8 @@ class ConnectionCore:
                     # reply, and a generator per step costs ~2k instructions.
                     if self.http.they_are_waiting_for_100_continue:
                         pass  # never asked for: the connection closes after the response
+                    elif self.chunks is not None:  # its lines checked as h11 reads them
+                        yield from self._read_body(contract.MAX_BODY_BYTES, keep=False)
                     elif type(event := self.http.next_event()) is not h11.EndOfMessage:
                         yield from self._read_body(contract.MAX_BODY_BYTES, keep=False, first=event)
                     if type(plan) is Reply:
@@ -395,7 +454,7 @@ class ConnectionCore:
     def _refuse(self, rejection: Rejection) -> Generator[Operation, object, None]:
         """Answer a request the framing policy refuses, count it, log it in one line, close."""
         started = self.telemetry.request_started()
-        log_refusal(self.impl, rejection)
+        log_refusal(self.impl, rejection, _address(self.peer))
         status = CLIENT_CLOSED_STATUS
         try:
             if (yield from self._send_response(rejection.response())):
@@ -413,6 +472,10 @@ class ConnectionCore:
         # h11 lets a server answer from IDLE too: an error before a whole request arrived.
         if self.http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return False  # part of a response already went out: all that is left is to close
+        if self.head_request and self.http.their_state is h11.ERROR:
+            # h11 refused the head, so does not know that a HEAD's answer has no body.
+            yield wire_response(self.impl, response, head_request=True)
+            return True
         try:
             wire = self._wire(response, head=self.head_request)
         except h11.LocalProtocolError:

@@ -59,7 +59,8 @@ class AsyncioH11Server:
             if policy.should_shed(len(self.connections), self.options):
                 await self._shed(reader, writer)
                 return
-            core = ConnectionCore(IMPL, self.telemetry)
+            sock = writer.get_extra_info("socket")
+            core = ConnectionCore(IMPL, self.telemetry, peer=lambda: sock.getpeername()[0])
             core.closing = self.draining
             task = asyncio.current_task()
             assert task is not None

@@ -79,7 +79,7 @@ class GeventH11Server:
         if policy.should_shed(len(self.connections), self.options):
             self._shed(sock)
             return
-        core = ConnectionCore(IMPL, self.telemetry)
+        core = ConnectionCore(IMPL, self.telemetry, peer=lambda: sock.getpeername()[0])
         core.closing = self.draining
         self.connections[core] = (sock, gevent.getcurrent())
         try:

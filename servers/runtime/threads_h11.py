@@ -69,7 +69,7 @@ class ThreadsH11Server:
                 pass
 
     def _serve_connection(self, sock: socket.socket) -> None:
-        core = ConnectionCore(IMPL, self.telemetry)
+        core = ConnectionCore(IMPL, self.telemetry, peer=lambda: sock.getpeername()[0])
         core.closing = self.draining
         with self.lock:
             self.connections[core] = sock

@@ -100,7 +100,9 @@ class _Connection:
     def __init__(self, server: TrioServer, stream: trio.SocketStream) -> None:
         self.server = server
         self.stream = stream
-        self.core = ConnectionCore(IMPL, server.telemetry)
+        self.core = ConnectionCore(
+            IMPL, server.telemetry, peer=lambda: stream.socket.getpeername()[0]
+        )
         self.core.closing = server.draining
         self.timed_out = trio.CancelScope()
 

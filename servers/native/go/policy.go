@@ -34,6 +34,7 @@ var (
 	rejRequestLine = &rejection{400, "malformed request line"}
 	rejFieldLine   = &rejection{400, "malformed header line"}
 	rejFolding     = &rejection{400, "obsolete line folding (a header line starting with whitespace)"}
+	rejAsterisk    = &rejection{400, "the asterisk-form is for OPTIONS only"}
 )
 
 // RFC 9110 section 5.6.2: tchar.
@@ -288,6 +289,9 @@ func checkHead(b []byte) (h head, rej *rejection) {
 	if !knownMethods[string(method)] {
 		return h, &rejection{501, "method " + clip(string(method), 20) + " not implemented"}
 	}
+	if string(target) == "*" && string(method) != "OPTIONS" { // RFC 9112 section 3.2.4
+		return h, rejAsterisk
+	}
 	var seen uint16
 	repeated := -1
 	var host []byte
@@ -457,9 +461,9 @@ func rewrite(b []byte, h *head) []byte {
 	return append(out, crlf...)
 }
 
-// checkChunkLine: a chunk-size line (CRLF included) as net/http reads it, a little stricter:
-// 1 to 16 hex digits, an optional extension, optional trailing blanks, CRLF. Its size, or
-// ok=false.
+// checkChunkLine: a chunk-size line (CRLF included) as framing.check_chunk_line reads it:
+// 1 to 16 hex digits, then extensions `;name` or `;name=value` (a token, or a quoted-string),
+// no whitespace anywhere, CRLF. Its size, or ok=false.
 func checkChunkLine(l []byte) (size int64, ok bool) {
 	if len(l) < 3 || l[len(l)-2] != '\r' {
 		return 0, false
@@ -488,21 +492,65 @@ rest:
 	if i == 0 || size < 0 {
 		return 0, false
 	}
-	l = l[i:]
-	if len(l) > 0 && l[0] == ';' { // chunk-ext: net/http ignores it, whatever it holds
-		for _, c := range l {
-			if c == '\r' || c == '\n' || c == 0 {
-				return 0, false
-			}
-		}
-		return size, true
-	}
-	for _, c := range l {
-		if c != ' ' && c != '\t' {
-			return 0, false
-		}
+	if !chunkExtensions(l[i:]) {
+		return 0, false
 	}
 	return size, true
+}
+
+// chunkExtensions: whether `l` is *( ";" token [ "=" ( token / quoted-string ) ] ).
+func chunkExtensions(l []byte) bool {
+	token := func(at int) int { // the end of the token at `at` (at itself: none)
+		for at < len(l) && tokenChar[l[at]] {
+			at++
+		}
+		return at
+	}
+	for at := 0; at < len(l); {
+		if l[at] != ';' {
+			return false
+		}
+		end := token(at + 1)
+		if end == at+1 {
+			return false // an extension without a name
+		}
+		at = end
+		if at == len(l) || l[at] != '=' {
+			continue
+		}
+		at++
+		if at < len(l) && l[at] == '"' {
+			if at = quotedStringEnd(l, at); at < 0 {
+				return false
+			}
+			continue
+		}
+		if end = token(at); end == at {
+			return false // `=` without a value
+		}
+		at = end
+	}
+	return true
+}
+
+// quotedStringEnd: the end of the quoted-string (RFC 9110 section 5.6.4) starting at l[at]
+// (its opening quote), or -1.
+func quotedStringEnd(l []byte, at int) int {
+	for at++; at < len(l); at++ {
+		c := l[at]
+		switch {
+		case c == '"':
+			return at + 1
+		case c == '\\':
+			at++
+			if at == len(l) || !(l[at] == '\t' || l[at] >= 0x20 && l[at] != 0x7f) {
+				return -1
+			}
+		case !(c == '\t' || c >= 0x20 && c != 0x7f):
+			return -1
+		}
+	}
+	return -1
 }
 
 // checkTrailerLine: a trailer field line (CRLF included), held to a header line's syntax.

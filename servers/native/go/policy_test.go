@@ -38,6 +38,10 @@ func TestPolicy(t *testing.T) {
 		{"cl-signed", post("Content-Length: +5\r\n"), 400},
 		{"cl-empty", post("Content-Length: \r\n"), 400},
 		{"te-unsupported-coding", post("Transfer-Encoding: gzip, chunked\r\n"), 501},
+		{"version-2-unknown-method", get("BREW /json HTTP/2.0", host), 505},
+		{"method-ssdp", get("M-SEARCH * HTTP/1.1", host), 501},
+		{"asterisk-not-options", get("GET * HTTP/1.1", host), 400},
+		{"del-in-value", get("GET /json HTTP/1.1", host+"X-Value: a\x7fb\r\n"), 400},
 		{"te-trailing-comma", post("Transfer-Encoding: chunked,\r\n"), 400},
 		{"te-vertical-tab", post("Transfer-Encoding: \x0bchunked\r\n"), 400},
 		{"te-in-http10", "POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
@@ -87,12 +91,16 @@ func TestWhatNetHTTPWouldReadOtherwise(t *testing.T) {
 }
 
 func TestChunkLines(t *testing.T) {
-	for line, want := range map[string]int64{"5\r\n": 5, "0010\r\n": 16, "a;ext=1\r\n": 10, "5 \r\n": 5} {
+	// tests/test_framing_policy.py's test_a_chunk_line_is_read_strictly, in part.
+	for line, want := range map[string]int64{"5\r\n": 5, "0010\r\n": 16, "a;ext=1\r\n": 10,
+		"2;a\r\n": 2, "2;a=b;c\r\n": 2, "2;a=\"b;c\\\" d\"\r\n": 2, "2;a=\"\"\r\n": 2, "2;a=\"\xff\"\r\n": 2} {
 		if size, ok := checkChunkLine([]byte(line)); !ok || size != want {
 			t.Errorf("%q: %d %v", line, size, ok)
 		}
 	}
-	for _, line := range []string{"zz\r\n", "5\n", " 5\r\n", "5 ;x\r\n", strings.Repeat("f", 17) + "\r\n", "\r\n"} {
+	for _, line := range []string{"zz\r\n", "5\n", " 5\r\n", "5 ;x\r\n", strings.Repeat("f", 17) + "\r\n", "\r\n",
+		"2;\r\n", "5 \r\n", "2\t\r\n", "2; a\r\n", "2;a \r\n", "2;a = b\r\n", "2;=b\r\n", "2;;a\r\n", "2;a=\r\n",
+		"2;a=\"b\r\n", "2;a(\r\n", "2;a=\x7f\r\n", "2;a=\xff\r\n", "2\r\r\n"} {
 		if _, ok := checkChunkLine([]byte(line)); ok {
 			t.Errorf("%q accepted", line)
 		}

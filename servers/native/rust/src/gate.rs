@@ -171,6 +171,10 @@ impl Gate {
         match &mut self.reading {
             Reading::Stopped => Step::Stopped,
             Reading::Head => {
+                let empty = policy::empty_lines(&self.inbuf); // RFC 9112 section 2.2: ignored
+                if empty > 0 {
+                    self.consume(empty);
+                }
                 if self.inbuf.is_empty() {
                     return Step::NeedMore;
                 }

@@ -223,7 +223,7 @@ fn parse_head(lines: &[&[u8]]) -> Result<Head, Rejection> {
         }
     }
     let method = latin1(method);
-    check_request(&method, &version, &headers)?;
+    check_request(&method, &version, &headers, target == b"*")?;
     fn field<'h, 'v>(
         headers: &'h [(Vec<u8>, &'v [u8])],
         name: &'static [u8],
@@ -270,12 +270,17 @@ pub fn check_request(
     method: &str,
     version: &str,
     headers: &[(Vec<u8>, &[u8])],
+    asterisk: bool,
 ) -> Result<(), Rejection> {
     if version != "1.1" && version != "1.0" {
         return Err(Rejection::new(505, format!("HTTP/{} not supported", truncate(version, 10))));
     }
     if !KNOWN_METHODS.contains(&method) {
         return Err(Rejection::new(501, format!("method {} not implemented", truncate(method, 20))));
+    }
+    if asterisk && method != "OPTIONS" {
+        // RFC 9112 section 3.2.4
+        return Err(Rejection::new(400, "the asterisk-form is for OPTIONS only"));
     }
     let mut seen: Vec<&[u8]> = Vec::new();
     let mut repeated: Option<&[u8]> = None;
@@ -404,10 +409,7 @@ impl Chunked {
                 if hex.is_empty() || hex.len() > 16 {
                     return ChunkStep::Broken;
                 }
-                let ext = trim_sp_ht(rest);
-                if !(ext.is_empty()
-                    || (ext[0] == b';' && ext.iter().all(|&b| is_field_value_byte(b))))
-                {
+                if !chunk_extensions(rest) {
                     return ChunkStep::Broken;
                 }
                 let size = match u64::from_str_radix(std::str::from_utf8(hex).unwrap_or("x"), 16) {
@@ -462,7 +464,7 @@ impl Chunked {
                         self.state = ChunkState::Done;
                         return ChunkStep::Done(pos);
                     }
-                    if !line.contains(&b':') || !line.iter().all(|&b| is_field_value_byte(b)) {
+                    if !trailer_line(line) {
                         return ChunkStep::Broken;
                     }
                 }
@@ -470,6 +472,79 @@ impl Chunked {
             ChunkState::Done => ChunkStep::Done(0),
         }
     }
+}
+
+/// RFC 9112 section 2.2: the bytes of empty lines (CRLF only) at the start of `data`, which
+/// a server ignores before a request line (framing.empty_lines).
+pub fn empty_lines(data: &[u8]) -> usize {
+    let mut at = 0;
+    while data[at..].starts_with(b"\r\n") {
+        at += 2;
+    }
+    at
+}
+
+/// framing.check_chunk_line's extensions: *( ";" token [ "=" ( token / quoted-string ) ] ),
+/// no whitespace anywhere (the discrepancy chunk-line smuggling uses).
+fn chunk_extensions(line: &[u8]) -> bool {
+    let token_end = |at: usize| at + line[at..].iter().take_while(|&&b| is_tchar(b)).count();
+    let mut at = 0;
+    while at < line.len() {
+        if line[at] != b';' {
+            return false;
+        }
+        let end = token_end(at + 1);
+        if end == at + 1 {
+            return false; // an extension without a name
+        }
+        at = end;
+        if at == line.len() || line[at] != b'=' {
+            continue;
+        }
+        at += 1;
+        if line.get(at) == Some(&b'"') {
+            match quoted_string_end(line, at) {
+                Some(end) => at = end,
+                None => return false,
+            }
+            continue;
+        }
+        let end = token_end(at);
+        if end == at {
+            return false; // `=` without a value
+        }
+        at = end;
+    }
+    true
+}
+
+/// The end of the quoted-string (RFC 9110 section 5.6.4) opening at `line[at]`.
+fn quoted_string_end(line: &[u8], mut at: usize) -> Option<usize> {
+    let text = |b: u8| b == b'\t' || (b >= 0x20 && b != 0x7f);
+    at += 1;
+    while at < line.len() {
+        match line[at] {
+            b'"' => return Some(at + 1),
+            b'\\' => {
+                at += 1;
+                if !line.get(at).map_or(false, |&b| text(b)) {
+                    return None;
+                }
+            }
+            b if !text(b) => return None,
+            _ => {}
+        }
+        at += 1;
+    }
+    None
+}
+
+/// A trailer field line (CRLF gone), held to a header line's syntax: token ":" value.
+fn trailer_line(line: &[u8]) -> bool {
+    let name = line.iter().take_while(|&&b| is_tchar(b)).count();
+    name > 0
+        && line.get(name) == Some(&b':')
+        && line[name + 1..].iter().all(|&b| is_field_value_byte(b))
 }
 
 #[cfg(test)]
@@ -502,6 +577,10 @@ mod tests {
         assert_eq!(status(b"GET /json HTTP/2.0\r\nHost: c\r\n\r\n"), Some(505));
         assert_eq!(status(b"GET /json HTTP/1.x\r\nHost: c\r\n\r\n"), Some(400));
         assert_eq!(status(b"BREW /json HTTP/1.1\r\nHost: c\r\n\r\n"), Some(501));
+        assert_eq!(status(b"BREW /json HTTP/2.0\r\nHost: c\r\n\r\n"), Some(505));
+        assert_eq!(status(b"M-SEARCH * HTTP/1.1\r\nHost: c\r\n\r\n"), Some(501));
+        assert_eq!(status(b"GET * HTTP/1.1\r\nHost: c\r\n\r\n"), Some(400));
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: c\r\nX: a\x7fb\r\n\r\n"), Some(400));
         assert_eq!(status(b"G(T /json HTTP/1.1\r\nHost: c\r\n\r\n"), Some(400));
         assert_eq!(status(b"GET /json HTTP/1.1\nHost: c\n\n"), Some(400));
         assert_eq!(status(b"GET /json HTTP/1.1\r\r\nHost: c\r\n\r\n"), Some(400));
@@ -531,5 +610,14 @@ mod tests {
         assert_eq!(input, b"GET");
         let mut parser = Chunked::default();
         assert!(matches!(parser.step(b"zz\r\n", &mut out), ChunkStep::Broken));
+        // tests/test_framing_policy.py's test_a_chunk_line_is_read_strictly, in part.
+        for line in [&b"2;a\r\n"[..], b"2;a=b;c\r\n", b"2;a=\"b;c\\\" d\"\r\n", b"2;a=\"\"\r\n", b"2;a=\"\xff\"\r\n"] {
+            assert!(matches!(Chunked::default().step(line, &mut out), ChunkStep::Consumed(_)), "{:?}", line);
+        }
+        for line in [&b"2;\r\n"[..], b"5 \r\n", b"2\t\r\n", b"2; a\r\n", b"2;a \r\n", b"2;a = b\r\n", b"2;=b\r\n",
+                     b"2;;a\r\n", b"2;a=\r\n", b"2;a=\"b\r\n", b"2;a(\r\n", b"2;a=\x7f\r\n", b"2;a=\xff\r\n", b"2\r\r\n"] {
+            assert!(matches!(Chunked::default().step(line, &mut out), ChunkStep::Broken), "{:?}", line);
+        }
+        assert_eq!(empty_lines(b"\r\n\r\n\nGET"), 4);
     }
 }

@@ -463,6 +463,7 @@ def _steps_table(results: Results) -> str:
             flag = ' <span class="flag">driver-bound</span>' if step.driver_bound else ""
             saturated = ' <span class="flag">saturated</span>' if step.server_saturated else ""
             offered = f" at {number(step.offered_rps)}/s" if step.offered_rps else ""
+            cpu = number(step.cpu_us_per_request, step.cpu_us_error)
             rows.append(
                 f"<tr>{ident}<td class=num>{step.users:.0f}{offered}</td>"
                 f"<td class=num>{number(step.achieved_rps)}</td>"
@@ -472,7 +473,7 @@ def _steps_table(results: Results) -> str:
                 f"<td class=num>{_lag_cell(step)}</td>"
                 f"<td class=num>{number((step.rss_bytes or 0) / 2**20)}</td>"
                 f"<td class=num>{step.server_cpu * 100:.0f}%{saturated}</td>"
-                f"<td class=num>{_cpu_number(step.cpu_us_per_request, step.cpu_us_error)}</td>"
+                f"<td class=num>{html.escape(cpu)}</td>"
                 f"<td class=num>{(step.driver_cpu or 0) * 100:.0f}%{flag}</td>"
                 f"<td class=num>{number(step.littles_in_flight)}</td>"
                 f"<td class=num>{step.errors:.0f} / {step.dropped:.0f}</td></tr>"
@@ -486,13 +487,6 @@ def _steps_table(results: Results) -> str:
         "close to the users\">in flight</th><th>errors / dropped</th></tr>"
         + "".join(rows) + "</table>"
     )  # fmt: skip
-
-
-def _cpu_number(value: float | None, error: float | None) -> str:
-    """A step's CPU per request; where its error exceeds it, only that bound."""
-    if value is not None and error is not None and error >= value:
-        return f"&lt; {number(error, significant=1)}"
-    return number(value, error)
 
 
 def _latency(value: float | None) -> str:

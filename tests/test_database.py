@@ -229,3 +229,37 @@ def test_a_database_down_at_start_answers_502(db_impl: str) -> None:
     assert "Traceback" not in log
     lines = [line for line in log.splitlines() if line.strip()]
     assert len(lines) == 1 and "database" in lines[0], log
+
+
+def test_a_database_killed_mid_run_is_502_or_504_and_recovered_from() -> None:
+    """SIGKILL the postmaster under the servers (a cluster of this test's own): requests fail
+    502 (or 504 at the deadline), never hang or 500; once it is back, they succeed again
+    without a restart (broken connections are replaced)."""
+    with PostgresCluster(max_connections=60) as cluster:
+        servers = [
+            ServerProcess(
+                impl,
+                extra_args=("--database", cluster.url, "--db-pool", "2", "--db-timeout", "2"),
+            )
+            for impl in DB_IMPLS
+        ]
+        try:
+            for server in servers:
+                assert get(server.port, "/db?id=3").status == 200, server.impl
+            cluster.kill()
+            for server in servers:
+                started = time.perf_counter()
+                reply = get(server.port, "/db?id=3")
+                assert reply.status in (502, 504), (server.impl, reply.status, reply.body)
+                assert time.perf_counter() - started < 3.0
+                assert get(server.port, "/json").status == 200
+            cluster.restart()
+            for server in servers:
+                assert wait_until(
+                    lambda port=server.port: get(port, "/db?id=3").status == 200, 5
+                ), server.impl
+                log = server.stderr_path.read_text()
+                assert "Traceback" not in log, (server.impl, log)
+        finally:
+            for server in servers:
+                server.__exit__(None, None, None)

@@ -435,7 +435,14 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":  # python -m loadtest.orchestrator.postgres: one until Ctrl-C
+    # Explicitly: a shell's background job starts with SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     with PostgresCluster() as cluster:
         print(cluster.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):

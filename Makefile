@@ -6,6 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks run for real (installed if missing, as root).
 SYSTEM_PACKAGES := wrk prometheus docker-compose chromium valgrind wget
+# PostgreSQL for the database routes: stackbench starts a throwaway cluster from it
+# (loadtest/orchestrator/postgres.py), as do the tests.
+SYSTEM_PACKAGES += postgresql
 # The native tier's toolchains and libraries, built offline from Debian's packages (servers/native/).
 # The Dockerfile's build stage installs the same list (`make -s native-packages`).
 NATIVE_PACKAGES := golang-go golang-github-prometheus-client-golang-dev \

@@ -172,6 +172,34 @@ def build_parser() -> argparse.ArgumentParser:
         "included; past it the answer is 504 (default 10)",
     )
     serve.add_argument(
+        "--database",
+        metavar="URL",
+        help="what the database routes (/db, /queries, /fortunes, /updates, /dbsleep) query: "
+        "a postgresql://user@host:port/db URL holding servers/db/world.sql's tables; without it "
+        "they answer 503",
+    )
+    serve.add_argument(
+        "--db-pool",
+        type=int,
+        default=16,
+        metavar="N",
+        help="the most database connections the server process opens; requests beyond them "
+        "wait for one (default 16)",
+    )
+    serve.add_argument(
+        "--db-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="deadline of a request's queries, waiting for a pooled connection included; "
+        "past it the answer is 504 (default 10)",
+    )
+    serve.add_argument(
+        "--db-driver",
+        metavar="NAME",
+        help="the database driver, where a server has more than one (default: its world's own)",
+    )
+    serve.add_argument(
         "--cores",
         type=_cores,
         default=1,
@@ -355,6 +383,7 @@ def _serve(args: argparse.Namespace) -> None:
     from servers.lifecycle import ServeError, ServeOptions
 
     upstream = _upstream(args)
+    database = _database(args)
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -366,6 +395,7 @@ def _serve(args: argparse.Namespace) -> None:
         uvloop=args.uvloop,
         cancel_on_disconnect=args.cancel_on_disconnect,
         upstream=upstream,
+        database=database,
     )
     try:
         server.serve(options)
@@ -387,6 +417,22 @@ def _upstream(args: argparse.Namespace):  # -> servers.upstream.UpstreamConfig |
     return None
 
 
+def _database(args: argparse.Namespace):  # -> servers.db.config.DatabaseConfig | None
+    """`--database` and its settings, checked alike for every server."""
+    from servers.db.config import DEFAULT_POOL, DEFAULT_TIMEOUT_S, DatabaseConfig
+
+    if args.database is not None:
+        try:
+            return DatabaseConfig.parse(
+                args.database, args.impl, args.db_pool, args.db_timeout, args.db_driver
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+    if (args.db_pool, args.db_timeout, args.db_driver) != (DEFAULT_POOL, DEFAULT_TIMEOUT_S, None):
+        _fail("--db-pool, --db-timeout and --db-driver need --database URL")
+    return None
+
+
 def _exec_native(args: argparse.Namespace) -> None:
     """Replace this process with the native server (built first if need be), so that the pid
     the orchestrator pins and measures is the server's own."""
@@ -404,6 +450,9 @@ def _exec_native(args: argparse.Namespace) -> None:
         options += ["--upstream", upstream.url,
                     "--upstream-pool", str(upstream.pool),
                     "--upstream-timeout", f"{upstream.timeout:g}"]  # fmt: skip
+    if (database := _database(args)) is not None:
+        options += ["--database", database.url, "--db-pool", str(database.pool),
+                    "--db-timeout", f"{database.timeout:g}"]  # fmt: skip
     try:
         argv = exec_argv(args.impl, options)
     except NativeBuildError as exc:

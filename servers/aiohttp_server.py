@@ -27,6 +27,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from servers import contract
 from servers.contract import (
     Blocking,
+    Database,
     Echo,
     Fanout,
     Lag,
@@ -49,7 +50,7 @@ from servers.lifecycle import (
 )
 from servers.protocol import framing, policy
 from servers.protocol.framing import Rejection
-from servers.runtime.asyncio_calls import call_upstream
+from servers.runtime.asyncio_calls import call_database, call_upstream, db_driver, open_database
 from servers.telemetry import (
     CLIENT_CLOSED_STATUS,
     LAG_INTERVAL_S,
@@ -81,6 +82,7 @@ class AiohttpApp:
         )
         telemetry.count_tasks_with(count_live_tasks)
         self.upstream: AiohttpUpstream | None = None  # made in the running loop, by _serve
+        self.database = None  # servers.db.asyncpg_pool.AsyncpgDatabase, made by _serve too
 
     async def handle(self, request: _Request) -> web.StreamResponse:
         if request.rejection is not None:
@@ -133,6 +135,8 @@ class AiohttpApp:
                 return plan.response()
             case Upstream():
                 return await call_upstream(self.upstream, plan)
+            case Database():
+                return await call_database(self.database, plan)
             case Blocking(ms=ms, offload=True, kind=kind):
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self.offload_pool, legacy_blocking_call, ms, kind)
@@ -546,13 +550,19 @@ async def _serve(sock: socket.socket, options: ServeOptions) -> None:
         runtime, runtime_version = "asyncio", platform.python_version()
     telemetry = make_telemetry(
         ServerInfo(
-            IMPL, runtime, runtime_version, f"aiohttp {aiohttp.__version__}", aiohttp_client.label()
+            IMPL,
+            runtime,
+            runtime_version,
+            f"aiohttp {aiohttp.__version__}",
+            aiohttp_client.label(),
+            db_driver(options),
         ),
         options.metrics,
     )
     app = AiohttpApp(telemetry, options)
     if options.upstream is not None:
         app.upstream = AiohttpUpstream(options.upstream)
+    app.database = await open_database(options, IMPL)
     # asyncio sets TCP_NODELAY on every TCP transport it creates, uvloop too.
     server = _GuardedServer(
         app,
@@ -576,6 +586,8 @@ async def _serve(sock: socket.socket, options: ServeOptions) -> None:
     app.offload_pool.shutdown(wait=False, cancel_futures=True)
     if app.upstream is not None:
         await app.upstream.aclose()
+    if app.database is not None:
+        await app.database.close()
 
 
 def serve(options: ServeOptions) -> None:

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl
 
+from servers.db import rows as db_rows
+
 # The stack tier: each runtime with the HTTP stack people deploy on it (aiohttp parses in C).
 STACK_TIER = ("gevent", "trio", "aiohttp")
 # The runtime tier: one h11-based HTTP core (servers/protocol/) on each runtime, so that the
@@ -45,6 +47,7 @@ MAX_BLOCKING_MS = 10_000
 MAX_STREAM_CHUNKS = 1_000
 MAX_BODY_BYTES = 1024 * 1024
 MAX_QUERY_FIELDS = 50
+MAX_DB_SLEEP_MS = 10_000
 # Threads available to offloaded blocking calls: the same on aiohttp (executor) and trio
 # (to_thread limiter) so that `/blocking?offload=1` compares the runtimes, not two pool sizes.
 OFFLOAD_THREADS = 40
@@ -67,6 +70,12 @@ ROUTE_METHODS: dict[str, tuple[str, ...]] = {
     "/metrics": ("GET", "HEAD"),
     "/lag": ("GET", "HEAD"),
     "/upstream": ("GET", "HEAD"),
+    # TechEmpower's database test types, and a database-side sleep (servers/db/).
+    "/db": ("GET", "HEAD"),
+    "/queries": ("GET", "HEAD"),
+    "/fortunes": ("GET", "HEAD"),
+    "/updates": ("GET", "HEAD"),
+    "/dbsleep": ("GET", "HEAD"),
 }
 OTHER_ROUTE = "other"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -146,6 +155,45 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class Database:
+    """Work for the database, through the server's pooled driver (servers/db/), answered once
+    it is done; if the client goes away, the query is cancelled (or its connection given back).
+
+    `query` is one of DB_QUERIES: "world" reads `ids` one query each and answers the one row
+    (/db) or, `many`, the list (/queries); "fortunes" reads the Fortune table; "updates" reads
+    `ids` one query each, then writes `numbers` in one batch (update_batch: each id once,
+    sorted); "sleep" runs pg_sleep(ms / 1000.0)."""
+
+    query: str
+    ids: tuple[int, ...] = ()
+    numbers: tuple[int, ...] = ()
+    many: bool = False
+    ms: int = 0
+
+    def batch(self) -> tuple[list[int], list[int]]:
+        return db_rows.update_batch(self.ids, self.numbers)
+
+    def response(self, rows: list[tuple[int, int]] | list[tuple[int, str]] | None) -> Response:
+        """The answer from what the queries returned: the World rows read (in `ids` order), the
+        Fortune rows, or nothing (sleep)."""
+        match self.query:
+            case "world" if self.many:
+                return Response(200, db_rows.worlds(rows or ()), JSON)  # type: ignore[arg-type]
+            case "world":
+                row, number = rows[0]  # type: ignore[index]
+                return Response(200, db_rows.world(row, number), JSON)  # type: ignore[arg-type]
+            case "updates":
+                return Response(200, db_rows.worlds(zip(self.ids, self.numbers, strict=True)), JSON)
+            case "fortunes":
+                body = db_rows.fortunes_page(rows or ())  # type: ignore[arg-type]
+                return Response(200, body, db_rows.FORTUNES_CONTENT_TYPE)
+        return json_response({"db_slept_ms": self.ms})
+
+
+DB_QUERIES = ("world", "fortunes", "updates", "sleep")
+
+
+@dataclass(frozen=True, slots=True)
 class Blocking:
     """Call :func:`legacy_blocking_call` (`ms`, `kind`). With `offload`, the async servers push
     it to a thread; without, they call it inline and stall their event loop. `kind` "c" blocks
@@ -211,7 +259,7 @@ class Lag:
     """Answer with every scheduler-lag tick since the server started, exactly (servers/lag.py)."""
 
 
-Plan = Reply | Sleep | Fanout | Upstream | Blocking | Stream | Echo | Metrics | Lag
+Plan = Reply | Sleep | Fanout | Upstream | Database | Blocking | Stream | Echo | Metrics | Lag
 
 
 # -- the synchronous "libraries" the routes call ----------------------------------------------
@@ -311,6 +359,8 @@ def _plan_route(route: str, params: _Params) -> Plan:
             return Upstream(
                 params.int("n", 1, MAX_UPSTREAM_CALLS), params.int("ms", 0, MAX_SLEEP_MS)
             )
+        case "/db" | "/queries" | "/fortunes" | "/updates" | "/dbsleep":
+            return _plan_database(route, params)
         case "/cpu":
             rounds = params.int("n", 0, MAX_CPU_ROUNDS)
             return Reply(json_response({"rounds": rounds, "digest": cpu_digest(rounds)}))
@@ -331,6 +381,29 @@ def _plan_route(route: str, params: _Params) -> Plan:
         case "/lag":
             return Lag()
     raise AssertionError(f"route {route} has no plan")  # pragma: no cover
+
+
+def _plan_database(route: str, params: _Params) -> Database:
+    """The database routes' parameters. /queries and /updates take TechEmpower's ?queries=
+    rule (clamped, never 400); ?id= (/db) and ?seed= (/queries, /updates) fix the rows read, so
+    that every server answers the same bytes."""
+    match route:
+        case "/db":
+            if params.has("id"):
+                row = params.int("id", 1, db_rows.WORLD_ROWS)
+            else:
+                row = db_rows.random_ids(1, None)[0]
+            return Database("world", (row,))
+        case "/fortunes":
+            return Database("fortunes")
+        case "/dbsleep":
+            return Database("sleep", ms=params.int("ms", 0, MAX_DB_SLEEP_MS))
+    count = db_rows.queries_count(params.raw("queries"))
+    seed = params.int("seed", 0, 999_999_999) if params.has("seed") else None
+    ids = db_rows.random_ids(count, seed)
+    if route == "/queries":
+        return Database("world", ids, many=True)
+    return Database("updates", ids, db_rows.update_numbers(ids, seed), many=True)
 
 
 def origin_form(target: str) -> str:
@@ -357,6 +430,12 @@ class _Params:
             raise BadRequest(f"more than {MAX_QUERY_FIELDS} query parameters") from exc
         for name, value in pairs:
             self._values.setdefault(name, value)
+
+    def has(self, name: str) -> bool:
+        return name in self._values
+
+    def raw(self, name: str) -> str | None:
+        return self._values.get(name)
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str:
         """One of `choices`; the first is the default."""

@@ -24,6 +24,7 @@ from gevent import pywsgi
 from servers import contract
 from servers.contract import (
     Blocking,
+    Database,
     Echo,
     Fanout,
     Lag,
@@ -51,8 +52,11 @@ from servers.protocol.framing import Rejection
 from servers.runtime.gevent_calls import (
     answer_and_close,
     call_blocking,
+    call_database,
     call_upstream,
+    db_driver,
     monitor_lag,
+    open_database,
     size_thread_pool,
 )
 from servers.telemetry import (
@@ -298,9 +302,11 @@ class App:
         telemetry: Telemetry,
         connections: gevent.pool.Pool,
         upstream: SyncUpstream | None = None,
+        database: object | None = None,  # servers.db.sync_pool.SyncDatabase
     ) -> None:
         self.telemetry = telemetry
         self.upstream = upstream
+        self.database = database
         # Greenlets besides connection handlers (fan-out children, disconnect watchers, the lag
         # monitor): gevent has no cheap global greenlet count, so the server counts its own.
         self.spawned = gevent.pool.Group()
@@ -346,6 +352,9 @@ class App:
                 case Upstream():
                     with self._cancelled_if_client_leaves(environ):
                         response = call_upstream(self.upstream, plan, self.spawned)
+                case Database():
+                    with self._cancelled_if_client_leaves(environ):
+                        response = call_database(self.database, plan)
                 case Blocking():
                     call_blocking(plan)
                     response = plan.response()
@@ -480,6 +489,7 @@ def serve(options: ServeOptions) -> None:
             gevent.__version__,
             f"gevent.pywsgi {gevent.__version__}",
             sync_client.label(),
+            db_driver(options),
         ),
         options.metrics,
     )
@@ -487,7 +497,7 @@ def serve(options: ServeOptions) -> None:
     Handler.options, Handler.telemetry, Handler.connections = options, telemetry, connections
     telemetry.limit_connections(options.max_connections)
     upstream = SyncUpstream(options.upstream) if options.upstream else None
-    app = App(telemetry, connections, upstream)
+    app = App(telemetry, connections, upstream, open_database(options, IMPL))
     server = pywsgi.WSGIServer(listener, app, spawn=connections, handler_class=Handler, log=None)
     app.spawned.spawn(_reap_slow_connections, options)
     if telemetry.enabled:
@@ -501,6 +511,8 @@ def serve(options: ServeOptions) -> None:
     _drain(server, connections, options.drain_timeout)
     if upstream is not None:
         upstream.close()
+    if app.database is not None:
+        app.database.close()
 
 
 def _drain(server: pywsgi.WSGIServer, connections: gevent.pool.Pool, timeout: float) -> None:

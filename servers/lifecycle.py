@@ -14,6 +14,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 from servers.contract import IMPL_HEADER, JSON, TEXT, Response, error
+from servers.db.config import DatabaseConfig
 from servers.protocol.framing import Rejection
 from servers.upstream import UpstreamConfig
 
@@ -48,6 +49,8 @@ class ServeOptions:
     cancel_on_disconnect: bool = True
     # What GET /upstream calls (None: it answers 503).
     upstream: UpstreamConfig | None = None
+    # What the database routes query (None: they answer 503).
+    database: DatabaseConfig | None = None
 
 
 class ServeError(Exception):

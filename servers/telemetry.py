@@ -72,6 +72,7 @@ class ServerInfo:
     runtime_version: str
     http_stack: str  # e.g. "gevent.pywsgi 24.2.1", "h11 0.14.0", "aiohttp 3.9.5"
     http_client: str = ""  # what /upstream calls through, e.g. "urllib3 2.2.1", "httpx 0.28.1"
+    db_driver: str = ""  # what the database routes query through, e.g. "psycopg 3.3.9"
 
 
 def lag_after(started: float) -> float:
@@ -193,6 +194,7 @@ class Telemetry:
                 "runtime_version": info.runtime_version,
                 "http_stack": info.http_stack,
                 "http_client": info.http_client,
+                "db_driver": info.db_driver,
                 "python_version": platform.python_version(),
             }
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.orchestrator.postgres import PostgresCluster
 from loadtest.orchestrator.serverproc import ServerProcess
 from servers.contract import IMPLS
 from servers.native import NATIVE_SERVERS, binary
@@ -84,3 +85,34 @@ def server(servers: dict[str, ServerProcess], impl: str) -> ServerProcess:
     if servers[impl].process.poll() is not None:
         pytest.fail(f"{impl} server died: {servers[impl].stderr_tail()}")
     return servers[impl]
+
+
+# -- the database routes: one throwaway PostgreSQL per test session (per xdist worker), and the
+# servers pointed at it. Separate from `servers`, which the other suites use without a database.
+
+DB_POOL = 4  # small, so that the tests can fill it
+# The servers that serve the database routes so far (the native servers' drivers are to come).
+DB_IMPLS = tuple(impl for impl in IMPLS if impl not in NATIVE_SERVERS)
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[PostgresCluster]:
+    # Every server's pool, twice (a test restarts servers), and room for the tests' own.
+    with PostgresCluster(max_connections=len(IMPLS) * DB_POOL * 2 + 30) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def db_servers(database: PostgresCluster) -> Iterator[dict[str, ServerProcess]]:
+    started: dict[str, ServerProcess] = {}
+    try:
+        for impl in DB_IMPLS:
+            if impl in NATIVE_SERVERS:
+                binary(impl)
+            started[impl] = ServerProcess(
+                impl, extra_args=("--database", database.url, "--db-pool", str(DB_POOL))
+            )
+        yield started
+    finally:
+        for server in started.values():
+            server.__exit__(None, None, None)

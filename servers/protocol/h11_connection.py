@@ -34,6 +34,7 @@ import h11
 from servers import contract
 from servers.contract import (
     Blocking,
+    Database,
     Echo,
     Fanout,
     Lag,
@@ -398,9 +399,9 @@ class ConnectionCore:
             case Sleep() | Fanout() | Blocking():
                 yield from self._wait(plan)
                 return plan.response()
-            case Upstream():
+            case Upstream() | Database():
                 watched = yield from self._wait(plan)
-                assert watched.outcome is not None, "the runtime made no upstream response"
+                assert watched.outcome is not None, "the runtime made no response for the plan"
                 return watched.outcome
             case Stream():
                 yield from self._stream(plan, head)

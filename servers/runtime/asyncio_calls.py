@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from servers.contract import Response, Upstream
+from servers.contract import Database, Response, Upstream
+from servers.db import config as db_config
 from servers.upstream import UpstreamConfig, first_fault, not_configured, too_slow
 
-__all__ = ["AsyncUpstream", "call_upstream"]
+__all__ = ["AsyncUpstream", "call_database", "call_upstream", "db_driver", "open_database"]
 
 
 class AsyncUpstream(Protocol):
@@ -42,3 +43,30 @@ async def call_upstream(client: AsyncUpstream | None, plan: Upstream) -> Respons
             raise
         return fault.response
     return plan.response(statuses)
+
+
+async def open_database(options, impl: str):  # -> AsyncpgDatabase | None
+    """The process's asyncpg pool, if the server has a database (made in the running loop)."""
+    if options.database is None:
+        return None
+    from servers.db.asyncpg_pool import AsyncpgDatabase
+
+    database = AsyncpgDatabase(options.database, impl)
+    await database.start()
+    return database
+
+
+def db_driver(options) -> str:
+    if options.database is None:
+        return ""
+    from servers.db import asyncpg_pool
+
+    return asyncpg_pool.label()
+
+
+async def call_database(database, plan: Database) -> Response:
+    """The plan's queries through asyncpg; cancelling this task (the client left) cancels the
+    query (asyncpg sends PostgreSQL a cancel request)."""
+    if database is None:
+        return db_config.not_configured()
+    return await database.run(plan)

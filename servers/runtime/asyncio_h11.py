@@ -20,12 +20,20 @@ from concurrent.futures import ThreadPoolExecutor
 import h11
 
 from servers import contract
-from servers.contract import Blocking, Fanout, Response, Sleep, Upstream, legacy_blocking_call
+from servers.contract import (
+    Blocking,
+    Database,
+    Fanout,
+    Response,
+    Sleep,
+    Upstream,
+    legacy_blocking_call,
+)
 from servers.lifecycle import ServeOptions, announce, bind, overloaded_response, set_nodelay
 from servers.protocol import policy
 from servers.protocol.drive import drive_async
 from servers.protocol.h11_connection import NOT_GONE, ConnectionCore, Pause, Watched
-from servers.runtime.asyncio_calls import call_upstream
+from servers.runtime.asyncio_calls import call_database, call_upstream, db_driver, open_database
 from servers.telemetry import LAG_INTERVAL_S, ServerInfo, Telemetry, lag_after, make_telemetry
 from servers.upstream import httpx_client
 from servers.upstream.httpx_client import HttpxUpstream
@@ -42,6 +50,7 @@ class AsyncioH11Server:
         self.telemetry = telemetry
         self.options = options
         self.upstream = upstream
+        self.database = None  # servers.db.asyncpg_pool.AsyncpgDatabase, made by _serve
         self.draining = False
         self.connections: dict[ConnectionCore, tuple[asyncio.StreamWriter, asyncio.Task]] = {}
         self.offload_pool = ThreadPoolExecutor(
@@ -136,7 +145,7 @@ class _Connection:
         if self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
             await self.writer.drain()
 
-    async def _wait(self, work: Sleep | Fanout | Upstream | Blocking | Pause) -> Watched:
+    async def _wait(self, work: Sleep | Fanout | Upstream | Database | Blocking | Pause) -> Watched:
         match work:
             case Sleep(ms=ms) | Pause(ms=ms):
                 return await self._watching(lambda: asyncio.sleep(ms / 1000))
@@ -144,6 +153,8 @@ class _Connection:
                 return await self._watching(lambda: _fanout(work))
             case Upstream():
                 return await self._watching(lambda: call_upstream(self.server.upstream, work))
+            case Database():
+                return await self._watching(lambda: call_database(self.server.database, work))
             case Blocking(ms=ms, offload=True, kind=kind):
                 loop = asyncio.get_running_loop()
                 pool = self.server.offload_pool
@@ -191,11 +202,19 @@ async def _monitor_lag(telemetry: Telemetry) -> None:
 
 async def _serve(sock: socket.socket, options: ServeOptions, runtime: str, version: str) -> None:
     telemetry = make_telemetry(
-        ServerInfo(IMPL, runtime, version, f"h11 {h11.__version__}", httpx_client.label()),
+        ServerInfo(
+            IMPL,
+            runtime,
+            version,
+            f"h11 {h11.__version__}",
+            httpx_client.label(),
+            db_driver(options),
+        ),
         options.metrics,
     )
     upstream = HttpxUpstream(options.upstream) if options.upstream else None
     server = AsyncioH11Server(telemetry, options, upstream)
+    server.database = await open_database(options, IMPL)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -219,6 +238,8 @@ async def _serve(sock: socket.socket, options: ServeOptions, runtime: str, versi
     server.offload_pool.shutdown(wait=False, cancel_futures=True)
     if upstream is not None:
         await upstream.aclose()
+    if server.database is not None:
+        await server.database.close()
 
 
 def serve(options: ServeOptions) -> None:

@@ -12,7 +12,9 @@ import gevent
 import gevent.pool
 
 from servers import contract
-from servers.contract import Blocking, Response, Upstream, legacy_blocking_call
+from servers.contract import Blocking, Database, Response, Upstream, legacy_blocking_call
+from servers.db import config as db_config
+from servers.lifecycle import ServeOptions
 from servers.telemetry import LAG_INTERVAL_S, Telemetry, lag_after
 from servers.upstream import UpstreamFault, not_configured, too_slow
 from servers.upstream.sync_client import SyncUpstream
@@ -20,8 +22,11 @@ from servers.upstream.sync_client import SyncUpstream
 __all__ = [
     "answer_and_close",
     "call_blocking",
+    "call_database",
     "call_upstream",
+    "db_driver",
     "monitor_lag",
+    "open_database",
     "size_thread_pool",
 ]
 
@@ -89,6 +94,36 @@ def call_upstream(
         return too_slow(client.config)
     finally:
         calls.kill(block=True)
+
+
+def open_database(options: ServeOptions, impl: str):  # -> SyncDatabase | None
+    """The process's database pool, if the server has a database. psycopg is imported here,
+    after gevent's patching, so that it waits on the hub."""
+    if options.database is None:
+        return None
+    from servers.db.sync_pool import SyncDatabase
+
+    return SyncDatabase(options.database, impl)
+
+
+def db_driver(options: ServeOptions) -> str:
+    """stackbench_server_info's db_driver: the driver and its version, if there is a database."""
+    if options.database is None:
+        return ""
+    from servers.db import sync_pool
+
+    return sync_pool.label()
+
+
+def call_database(database, plan: Database) -> Response:  # database: SyncDatabase | None
+    """The plan's queries, plain blocking psycopg calls made cooperative (psycopg waits on
+    the hub); past the deadline the greenlet is interrupted, which cancels the query. If the
+    client leaves, the caller kills this greenlet, with the same effect."""
+    if database is None:
+        return db_config.not_configured()
+    with gevent.Timeout(database.config.timeout, False):
+        return database.run(plan)
+    return db_config.too_slow(database.config)
 
 
 def monitor_lag(telemetry: Telemetry) -> None:

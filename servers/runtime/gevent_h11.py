@@ -22,7 +22,7 @@ import gevent.pool  # noqa: E402
 import h11  # noqa: E402
 from gevent.server import StreamServer  # noqa: E402
 
-from servers.contract import Blocking, Fanout, Response, Sleep, Upstream  # noqa: E402
+from servers.contract import Blocking, Database, Fanout, Response, Sleep, Upstream  # noqa: E402
 from servers.lifecycle import (  # noqa: E402
     ServeOptions,
     announce,
@@ -36,8 +36,11 @@ from servers.protocol.h11_connection import NOT_GONE, ConnectionCore, Pause, Wat
 from servers.runtime.gevent_calls import (  # noqa: E402
     answer_and_close,
     call_blocking,
+    call_database,
     call_upstream,
+    db_driver,
     monitor_lag,
+    open_database,
     size_thread_pool,
 )
 from servers.telemetry import (  # noqa: E402
@@ -65,6 +68,7 @@ class GeventH11Server:
         self.telemetry = telemetry
         self.options = options
         self.upstream = SyncUpstream(options.upstream) if options.upstream else None
+        self.database = open_database(options, IMPL)
         self.draining = False
         self.connections: dict[ConnectionCore, tuple[socket.socket, gevent.Greenlet]] = {}
         # Greenlets besides connection handlers (fan-out children, watchers): counted as tasks.
@@ -102,7 +106,7 @@ class GeventH11Server:
         )
 
     def _wait(
-        self, work: Sleep | Fanout | Upstream | Blocking | Pause, sock: socket.socket
+        self, work: Sleep | Fanout | Upstream | Database | Blocking | Pause, sock: socket.socket
     ) -> Watched:
         match work:
             case Sleep(ms=ms) | Pause(ms=ms):
@@ -113,6 +117,8 @@ class GeventH11Server:
                 return self._watching(
                     sock, lambda: call_upstream(self.upstream, work, self.spawned)
                 )
+            case Database():
+                return self._watching(sock, lambda: call_database(self.database, work))
             case Blocking():
                 call_blocking(work)
         return NOT_GONE
@@ -180,7 +186,12 @@ def serve(options: ServeOptions) -> None:
     size_thread_pool()
     telemetry = make_telemetry(
         ServerInfo(
-            IMPL, "gevent", gevent.__version__, f"h11 {h11.__version__}", sync_client.label()
+            IMPL,
+            "gevent",
+            gevent.__version__,
+            f"h11 {h11.__version__}",
+            sync_client.label(),
+            db_driver(options),
         ),
         options.metrics,
     )
@@ -203,3 +214,5 @@ def serve(options: ServeOptions) -> None:
     gevent.killall(background)
     if server.upstream is not None:
         server.upstream.close()
+    if server.database is not None:
+        server.database.close()

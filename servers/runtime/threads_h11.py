@@ -20,7 +20,16 @@ import time
 
 import h11
 
-from servers.contract import Blocking, Fanout, Response, Sleep, Upstream, legacy_blocking_call
+from servers.contract import (
+    Blocking,
+    Database,
+    Fanout,
+    Response,
+    Sleep,
+    Upstream,
+    legacy_blocking_call,
+)
+from servers.db import config as db_config
 from servers.lifecycle import ServeOptions, announce, bind, overloaded_response, set_nodelay
 from servers.protocol import policy
 from servers.protocol.drive import drive
@@ -42,6 +51,11 @@ class ThreadsH11Server:
         self.draining = False
         self.lock = threading.Lock()  # guards `connections` (threads preempt each other)
         self.upstream = SyncUpstream(options.upstream) if options.upstream else None
+        self.database = None
+        if options.database is not None:
+            from servers.db.sync_pool import SyncDatabase
+
+            self.database = SyncDatabase(options.database, IMPL)
         self.connections: dict[ConnectionCore, socket.socket] = {}
         telemetry.limit_connections(options.max_connections)
         telemetry.count_tasks_with(threading.active_count)
@@ -91,7 +105,7 @@ class ThreadsH11Server:
         )
 
     def _wait(
-        self, work: Sleep | Fanout | Upstream | Blocking | Pause, sock: socket.socket
+        self, work: Sleep | Fanout | Upstream | Database | Blocking | Pause, sock: socket.socket
     ) -> Watched:
         match work:
             case Sleep(ms=ms) | Pause(ms=ms):
@@ -102,6 +116,10 @@ class ThreadsH11Server:
                 if self.upstream is None:
                     return Watched(outcome=not_configured())
                 return _call_upstream(self.upstream, work, sock)
+            case Database():
+                if self.database is None:
+                    return Watched(outcome=db_config.not_configured())
+                return _call_database(self.database, work, sock)
             case Blocking(ms=ms, kind=kind):
                 legacy_blocking_call(ms, kind)  # offloaded or not: this thread is the offload
         return NOT_GONE
@@ -241,6 +259,39 @@ def _call_upstream(client: SyncUpstream, plan: Upstream, sock: socket.socket) ->
     return Watched(received=watched.received, outcome=outcome)
 
 
+def _call_database(database, plan: Database, sock: socket.socket) -> Watched:
+    """The plan's queries on this thread, truly blocking, while a watcher thread polls the
+    socket: if the client leaves or the deadline passes, it cancels the query in flight
+    (libpq's cancel request: a blocked thread cannot be interrupted otherwise)."""
+    from servers.db.sync_pool import CancelHandle
+
+    handle = CancelHandle()
+    done = os.eventfd(0, os.EFD_CLOEXEC)
+    seen: list[Watched | None] = []
+    deadline = time.monotonic() + database.config.timeout
+
+    def watch() -> None:
+        watched = _watching_until(sock, deadline, done)
+        seen.append(watched)
+        if watched is None:
+            handle.cancel(db_config.too_slow(database.config))
+        elif watched.client_gone:
+            handle.cancel(db_config.too_slow(database.config))  # nobody reads it: 499
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        outcome = database.run(plan, handle)
+    finally:
+        os.eventfd_write(done, 1)
+        watcher.join()
+        os.close(done)
+    watched = seen[0] if seen else None
+    if watched is not None and watched.client_gone:
+        return watched
+    return Watched(received=watched.received if watched else b"", outcome=outcome)
+
+
 def _read_or_eof(sock: socket.socket) -> bytes:
     """What the client sent next; b"" once it has closed (or reset) its side."""
     try:
@@ -279,7 +330,12 @@ def _monitor_lag(telemetry: Telemetry, stop: threading.Event) -> None:
 def serve(options: ServeOptions) -> None:
     telemetry = make_telemetry(
         ServerInfo(
-            IMPL, "threads", "python " + _python(), f"h11 {h11.__version__}", sync_client.label()
+            IMPL,
+            "threads",
+            "python " + _python(),
+            f"h11 {h11.__version__}",
+            sync_client.label(),
+            _db_driver(options),
         ),
         options.metrics,
         threads=True,
@@ -310,6 +366,16 @@ def serve(options: ServeOptions) -> None:
         time.sleep(0.05)
     if server.upstream is not None:
         server.upstream.close()
+    if server.database is not None:
+        server.database.close()
+
+
+def _db_driver(options: ServeOptions) -> str:
+    if options.database is None:
+        return ""
+    from servers.db import sync_pool
+
+    return sync_pool.label()
 
 
 def _python() -> str:

@@ -21,7 +21,16 @@ import h11
 import trio
 
 from servers import contract
-from servers.contract import Blocking, Fanout, Response, Sleep, Upstream, legacy_blocking_call
+from servers.contract import (
+    Blocking,
+    Database,
+    Fanout,
+    Response,
+    Sleep,
+    Upstream,
+    legacy_blocking_call,
+)
+from servers.db import config as db_config
 from servers.lifecycle import ServeOptions, announce, bind, overloaded_response
 from servers.protocol import policy
 from servers.protocol.drive import drive_async
@@ -45,6 +54,13 @@ class TrioServer:
         self.draining = False
         self.connections: dict[ConnectionCore, _Connection] = {}
         self.offload_limiter = trio.CapacityLimiter(contract.OFFLOAD_THREADS)
+        self.database = None
+        if options.database is not None:
+            from servers.db.sync_pool import SyncDatabase
+
+            self.database = SyncDatabase(options.database, IMPL)
+            # The database's threads: as many as the pool has connections.
+            self.database_limiter = trio.CapacityLimiter(options.database.pool)
         telemetry.count_tasks_with(lambda: trio.lowlevel.current_statistics().tasks_living)
         telemetry.count_connections_with(lambda: len(self.connections))
 
@@ -118,7 +134,7 @@ class _Connection:
                 ends=(trio.BrokenResourceError, trio.ClosedResourceError),
             )
 
-    async def _wait(self, work: Sleep | Fanout | Upstream | Blocking | Pause) -> Watched:
+    async def _wait(self, work: Sleep | Fanout | Upstream | Database | Blocking | Pause) -> Watched:
         match work:
             case Sleep(ms=ms) | Pause(ms=ms):
                 return await self._watching(lambda: trio.sleep(ms / 1000))
@@ -126,6 +142,8 @@ class _Connection:
                 return await self._watching(lambda: _fanout(work))
             case Upstream():
                 return await self._watching(lambda: _call_upstream(self.server.upstream, work))
+            case Database():
+                return await self._watching(lambda: _call_database(self.server, work))
             case Blocking(ms=ms, offload=True, kind=kind):
                 limiter = self.server.offload_limiter
                 await trio.to_thread.run_sync(legacy_blocking_call, ms, kind, limiter=limiter)
@@ -190,6 +208,31 @@ async def _call_upstream(client: HttpxUpstream | None, plan: Upstream) -> Respon
     return plan.response(statuses)
 
 
+async def _call_database(server: TrioServer, plan: Database) -> Response:
+    """The plan's queries, blocking psycopg calls on a thread (`trio.to_thread`, its limiter
+    sized to the pool). A thread cannot be cancelled: when the client leaves or the deadline
+    passes, the task stops waiting for it and has the query cancelled on the server, so the
+    thread ends at once and gives its connection (and its limiter token) back."""
+    database = server.database
+    if database is None:
+        return db_config.not_configured()
+    from servers.db.sync_pool import CancelHandle
+
+    handle = CancelHandle()
+    gone = db_config.too_slow(database.config)  # what the handle answers; the client never reads it
+    with trio.move_on_after(database.config.timeout) as deadline:
+        try:
+            return await trio.to_thread.run_sync(
+                database.run, plan, handle, limiter=server.database_limiter, abandon_on_cancel=True
+            )
+        except trio.Cancelled:
+            # Not on this thread: the cancel request waits for the server's answer.
+            trio.lowlevel.start_thread_soon(lambda: handle.cancel(gone), lambda _: None)
+            raise
+    assert deadline.cancelled_caught
+    return db_config.too_slow(database.config)
+
+
 async def _monitor_lag(telemetry: Telemetry) -> None:
     while True:
         armed = time.perf_counter()
@@ -199,7 +242,14 @@ async def _monitor_lag(telemetry: Telemetry) -> None:
 
 async def _serve(sock: socket.socket, options: ServeOptions) -> None:
     telemetry = make_telemetry(
-        ServerInfo(IMPL, "trio", trio.__version__, f"h11 {h11.__version__}", httpx_client.label()),
+        ServerInfo(
+            IMPL,
+            "trio",
+            trio.__version__,
+            f"h11 {h11.__version__}",
+            httpx_client.label(),
+            _db_driver(options),
+        ),
         options.metrics,
     )
     upstream = HttpxUpstream(options.upstream) if options.upstream else None
@@ -232,6 +282,16 @@ async def _serve(sock: socket.socket, options: ServeOptions) -> None:
             background.cancel_scope.cancel()
     if upstream is not None:
         await upstream.aclose()
+    if server.database is not None:
+        server.database.close()
+
+
+def _db_driver(options: ServeOptions) -> str:
+    if options.database is None:
+        return ""
+    from servers.db import sync_pool
+
+    return f"{sync_pool.label()} (trio.to_thread)"
 
 
 def serve(options: ServeOptions) -> None:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import psutil
 
@@ -34,13 +35,13 @@ from loadtest.records import ClientSnapshot, RunKey, Sample
 __all__ = ["StepResult", "run_steps", "scenario_for"]
 
 
+@dataclass(frozen=True)
 class StepResult:
     """What the orchestrator needs back from a step at once: the achieved rate over the
-    measured part (the capacity, for a closed-loop step), and whether it ran."""
+    measured part (the capacity, for a closed-loop step), and why it failed if it did."""
 
-    def __init__(self, achieved_rps: float | None, error: str | None = None) -> None:
-        self.achieved_rps = achieved_rps
-        self.error = error
+    achieved_rps: float | None
+    error: str | None = None
 
 
 def scenario_for(routes: tuple[str, ...]) -> Scenario:

@@ -204,6 +204,7 @@ def test_report_is_self_contained(smoke_run) -> None:
     assert page.count("<svg") >= 5
     assert "Capacity and cost at equal load: the rate sweep" in page
     assert "rate sweep: latency vs offered load" in page
+    # (chart texts are read back with ";" between them below: none may hold one)
     assert "rate sweep: server CPU per request vs offered load" in page
     assert "Single run." in page  # the smoke profile runs once
     assert "driver-bound" in page and "CPU per request" in page

@@ -88,8 +88,12 @@ SCENARIOS: dict[str, Scenario] = {
             "capacity closed-loop, then offers fixed rates open-loop, latency measured from "
             "each request's intended send.",
             (Request("GET", "/"), Request("GET", "/json")),
-            user_steps=(64,),  # connections, closed and open loop
-            rate_steps=(),  # relative to each server's capacity: the profile's sweep
+            # The run's rate driver: its connections. Under Locust (its Locust file, for the web
+            # UI and the live view): users, and the open model's arrival rates, as plaintext's.
+            # The run's sweep offers no fixed rate: fractions of each server's measured
+            # capacity and rates common to all (the profile says which).
+            user_steps=(64,),
+            rate_steps=(500, 2000, 5000),
             figures=(
                 "capacity_rps",
                 "saturation_cpu_us",

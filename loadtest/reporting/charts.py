@@ -188,7 +188,7 @@ def sweep(
         axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axes.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_log_label))
     axes.set_title(title)
-    axes.set_xlabel("offered requests per second (log scale); dotted: capacity")
+    axes.set_xlabel("offered requests per second (log scale), dotted: capacity")
     axes.set_ylabel(y_label)
     axes.legend(loc="best", fontsize=7, frameon=False)
     return _svg(figure, title)

@@ -125,7 +125,7 @@ def _chart_sweep_latency(results: Results) -> str:
         for run in _runs(results, "rate", "open")
     }
     return charts.sweep(
-        "rate sweep: latency vs offered load (p50 dotted, p99 solid, p99.9 dashed; from the "
+        "rate sweep: latency vs offered load (p50 dotted, p99 solid, p99.9 dashed, from the "
         "intended send)",
         "latency, ms (log scale)", series, _capacities(results),
     )  # fmt: skip

@@ -177,6 +177,10 @@ def sweep(
                           markerfacecolor="white" if hollow else shade)  # fmt: skip
         if server in marks:
             axes.axvline(marks[server], color=shade, linestyle=(0, (1, 2)), linewidth=1)
+    styles = {name for quantities in series.values() for name in quantities} & set(SWEEP_STYLES)
+    if len(styles) > 1:  # which line is which percentile: grey entries of each style
+        for name, style in SWEEP_STYLES.items():
+            axes.plot([], [], color="#666", linewidth=1.2, linestyle=style, label=name)
     axes.set_xscale("log")
     # Plain numbers on both ticks (matplotlib's own minor labels are mathtext, 2 x 10^3).
     axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
@@ -188,7 +192,7 @@ def sweep(
         axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axes.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_log_label))
     axes.set_title(title)
-    axes.set_xlabel("offered requests per second (log scale), dotted: capacity")
+    axes.set_xlabel("offered requests per second (log scale), vertical: capacity")
     axes.set_ylabel(y_label)
     axes.legend(loc="best", fontsize=7, frameon=False)
     return _svg(figure, title)

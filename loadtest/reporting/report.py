@@ -125,9 +125,8 @@ def _chart_sweep_latency(results: Results) -> str:
         for run in _runs(results, "rate", "open")
     }
     return charts.sweep(
-        "rate sweep: latency vs offered load (p50 dotted, p99 solid, p99.9 dashed, from the "
-        "intended send)",
-        "latency, ms (log scale)", series, _capacities(results),
+        "rate sweep: latency vs offered load", "latency from the intended send, ms (log scale)",
+        series, _capacities(results),
     )  # fmt: skip
 
 

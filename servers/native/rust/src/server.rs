@@ -210,7 +210,7 @@ fn complete(app: &App, response: Response, head: bool, close: bool, guard: Optio
 
 /// The echo's content type: the received bytes unchanged (obs-text included), or
 /// application/octet-stream when the field is absent or empty.
-fn echo_type(content_type: &Option<Vec<u8>>) -> Option<HeaderValue> {
+fn echo_type(content_type: &Option<std::sync::Arc<[u8]>>) -> Option<HeaderValue> {
     match content_type {
         Some(value) if !value.is_empty() => HeaderValue::from_bytes(value).ok(),
         _ => None,

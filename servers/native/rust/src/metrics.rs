@@ -210,7 +210,7 @@ impl Telemetry {
         let mut families = m.registry.gather();
         precise_cpu_seconds(&mut families);
         encoder.encode(&families, &mut text).unwrap();
-        Response::new(200, go_floats(&String::from_utf8_lossy(&text)), encoder.format_type())
+        Response::new(200, go_floats(&String::from_utf8_lossy(&text)), prometheus::TEXT_FORMAT)
     }
 }
 

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Bytes, HttpBody};
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SERVER};
+use hyper::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SERVER};
 use hyper::service::service_fn;
 use hyper::{Body, Request};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -28,6 +28,8 @@ use crate::upstream::Upstream;
 
 pub struct App {
     pub impl_name: String,
+    /// X-Stackbench-Impl's value, made once (impl_header).
+    pub impl_header: HeaderValue,
     pub telemetry: Telemetry,
     pub live: Arc<Live>,
     pub upstream: Option<Upstream>,
@@ -116,8 +118,8 @@ enum Inner {
 }
 
 impl RespBody {
-    fn full(body: Vec<u8>, guard: Option<RequestGuard>) -> RespBody {
-        let bytes = if body.is_empty() { None } else { Some(Bytes::from(body)) };
+    fn full(body: Bytes, guard: Option<RequestGuard>) -> RespBody {
+        let bytes = if body.is_empty() { None } else { Some(body) };
         RespBody { inner: Inner::Full(bytes), guard }
     }
 }
@@ -182,13 +184,25 @@ use std::future::Future;
 
 type HttpResponse = hyper::Response<RespBody>;
 
-fn head_of(app: &App, status: u16, content_type: &str, close: bool) -> hyper::http::response::Builder {
-    let mut builder = hyper::Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
-    builder = builder.header(SERVER, "stackbench").header("x-stackbench-impl", app.impl_name.as_str());
-    if close {
-        builder = builder.header(CONNECTION, "close");
+const X_STACKBENCH_IMPL: HeaderName = HeaderName::from_static("x-stackbench-impl");
+
+/// X-Stackbench-Impl's value: kept in static bytes, so that each response's copy of it is free.
+pub fn impl_header(impl_name: &str) -> HeaderValue {
+    let name: &'static str = Box::leak(impl_name.to_string().into_boxed_str());
+    HeaderValue::from_maybe_shared(Bytes::from_static(name.as_bytes()))
+        .unwrap_or_else(|_| crate::fail(&format!("--impl {:?} is not a header value", impl_name)))
+}
+
+fn head_of(app: &App, status: u16, content_type: &'static str, close: bool) -> hyper::http::response::Builder {
+    let mut builder = hyper::Response::builder().status(status);
+    // Values of static bytes (the contract's content types are constants): no copies.
+    if let Some(headers) = builder.headers_mut() {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(SERVER, HeaderValue::from_static("stackbench"));
+        headers.insert(X_STACKBENCH_IMPL, app.impl_header.clone());
+        if close {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     builder
 }
@@ -199,12 +213,14 @@ fn complete(app: &App, response: Response, head: bool, close: bool, guard: Optio
     if let Some(guard) = guard.as_mut() {
         guard.status = response.status;
     }
-    let mut builder = head_of(app, response.status, &response.content_type, close || response.close_connection)
-        .header(CONTENT_LENGTH, response.body.len());
+    let mut builder = head_of(app, response.status, response.content_type, close || response.close_connection);
+    if head || response.allow.is_some() {
+        builder = builder.header(CONTENT_LENGTH, response.body.len());
+    } // else hyper writes the body's exact length (its size_hint) in the same place
     if let Some(allow) = response.allow {
         builder = builder.header(ALLOW, allow);
     }
-    let body = if head { Vec::new() } else { response.body };
+    let body = if head { Bytes::new() } else { response.body };
     builder.body(RespBody::full(body, guard)).unwrap()
 }
 
@@ -406,7 +422,7 @@ async fn respond(
             let builder = head_of(&app, 200, contract::TEXT, close);
             if head {
                 guard.status = 200;
-                return Ok(builder.body(RespBody::full(Vec::new(), Some(guard))).unwrap());
+                return Ok(builder.body(RespBody::full(Bytes::new(), Some(guard))).unwrap());
             }
             let inner = Inner::Stream { next: 0, chunks, ms, pause: None };
             return Ok(builder.body(RespBody { inner, guard: Some(guard) }).unwrap());

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::policy::{self, ChunkStep, Chunked, Framing, Head, Rejection, Scan};
 
@@ -203,7 +203,12 @@ pub struct Gate {
     out_pos: usize,
     reading: Reading,
     eof: bool,
-    timer: Option<(Waiting, Pin<Box<Sleep>>)>,
+    /// The wait being timed, and its deadline.
+    timer: Option<(Waiting, Instant)>,
+    /// Armed at the deadline of this wait or an earlier one: it is not made again for every
+    /// wait (a keep-alive connection has an idle wait after each request), only moved when
+    /// it fires early or a wait ends sooner (poll_timer).
+    sleep: Option<Pin<Box<Sleep>>>,
     shutdown: Shutdown,
     /// The last head this connection sent that the policy accepted: a client sends the same
     /// one again, found without a lookup.
@@ -222,6 +227,7 @@ impl Gate {
             reading: Reading::Head,
             eof: false,
             timer: None,
+            sleep: None,
             shutdown: Shutdown::Open,
             last: None,
         }
@@ -362,11 +368,11 @@ impl Gate {
 
     /// Err once the current wait has outlasted its limit.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        let waiting = self.waiting();
-        match (&self.timer, waiting) {
-            (Some((current, _)), Some(wanted)) if *current == wanted => (),
+        let (wanted, deadline) = match (&self.timer, self.waiting()) {
+            (Some((current, deadline)), Some(wanted)) if *current == wanted => (wanted, *deadline),
             (_, None) => {
                 self.timer = None;
+                self.sleep = None; // a request in flight holds no timer
                 return None;
             }
             (_, Some(wanted)) => {
@@ -375,19 +381,29 @@ impl Gate {
                     Waiting::Head => self.timeouts.header,
                     Waiting::Body => self.timeouts.header.min(BODY_TIMEOUT_CAP),
                 };
-                self.timer = Some((wanted, Box::pin(tokio::time::sleep(limit))));
+                let deadline = Instant::now() + limit;
+                self.timer = Some((wanted, deadline));
+                (wanted, deadline)
             }
+        };
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
         }
-        let (wanted, sleep) = self.timer.as_mut().unwrap();
-        if sleep.as_mut().poll(cx).is_pending() {
-            return None;
+        while sleep.as_mut().poll(cx).is_ready() {
+            if sleep.deadline() < deadline {
+                sleep.as_mut().reset(deadline); // an earlier wait's deadline
+                continue;
+            }
+            if wanted == Waiting::Body {
+                self.shared.body_timed_out.store(true, Ordering::Release);
+                self.reading = Reading::Stopped;
+            }
+            self.timer = None;
+            self.sleep = None;
+            return Some(io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for the client"));
         }
-        if *wanted == Waiting::Body {
-            self.shared.body_timed_out.store(true, Ordering::Release);
-            self.reading = Reading::Stopped;
-        }
-        self.timer = None;
-        Some(io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for the client"))
+        None
     }
 
     /// Read what the socket has into `inbuf`: Ready(Ok(n)), 0 at end of file. The read goes

@@ -198,7 +198,7 @@ pub fn plan(method: &str, target: &str) -> (&'static str, Plan) {
         return (route, Plan::Reply(error(404, &format!("no route {}", shown))));
     }
     let allowed = ROUTES.iter().find(|(r, _)| *r == route).map(|(_, a)| *a).unwrap_or("");
-    if !allowed.split(", ").any(|m| m == method) {
+    if !allowed.split(',').any(|m| m.trim_start() == method) {
         let shown: String = method.chars().take(20).collect();
         let mut response = error(405, &format!("method {} not allowed", shown));
         response.allow = Some(allowed);

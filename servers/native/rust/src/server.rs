@@ -69,7 +69,7 @@ pub struct RequestGuard {
     app: Arc<App>,
     shared: Arc<ConnShared>,
     route: &'static str,
-    method: String,
+    method: &'static str, // its label (contract::method_label)
     started: Instant,
     status: u16,
 }
@@ -90,7 +90,7 @@ impl RequestGuard {
             app: app.clone(),
             shared: shared.clone(),
             route,
-            method: method.to_string(),
+            method: contract::method_label(method),
             started,
             status: CLIENT_CLOSED_STATUS,
         }
@@ -99,7 +99,7 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.app.telemetry.request_finished(self.route, &self.method, self.status, self.started);
+        self.app.telemetry.request_finished(self.route, self.method, self.status, self.started);
         self.shared.request_done();
     }
 }
@@ -185,6 +185,11 @@ use std::future::Future;
 type HttpResponse = hyper::Response<RespBody>;
 
 const X_STACKBENCH_IMPL: HeaderName = HeaderName::from_static("x-stackbench-impl");
+// Checked once, at compile time (from_static at run time checks every byte each call).
+const TEXT_VALUE: HeaderValue = HeaderValue::from_static(contract::TEXT);
+const JSON_VALUE: HeaderValue = HeaderValue::from_static(contract::JSON);
+const STACKBENCH: HeaderValue = HeaderValue::from_static("stackbench");
+const CLOSE: HeaderValue = HeaderValue::from_static("close");
 
 /// X-Stackbench-Impl's value: kept in static bytes, so that each response's copy of it is free.
 pub fn impl_header(impl_name: &str) -> HeaderValue {
@@ -197,11 +202,16 @@ fn head_of(app: &App, status: u16, content_type: &'static str, close: bool) -> h
     let mut builder = hyper::Response::builder().status(status);
     // Values of static bytes (the contract's content types are constants): no copies.
     if let Some(headers) = builder.headers_mut() {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        headers.insert(SERVER, HeaderValue::from_static("stackbench"));
+        let content_type = match content_type {
+            contract::TEXT => TEXT_VALUE,
+            contract::JSON => JSON_VALUE,
+            other => HeaderValue::from_static(other),
+        };
+        headers.insert(CONTENT_TYPE, content_type);
+        headers.insert(SERVER, STACKBENCH);
         headers.insert(X_STACKBENCH_IMPL, app.impl_header.clone());
         if close {
-            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            headers.insert(CONNECTION, CLOSE);
         }
     }
     builder

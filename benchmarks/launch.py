@@ -16,7 +16,7 @@ from typing import Literal
 
 from loadtest.orchestrator.serverproc import ServerProcess, ServerStartError
 from servers.contract import IMPLS, TIERS
-from servers.native import NATIVE_SERVERS, binary
+from servers.native import NATIVE_SERVERS, binary, exec_argv
 
 BARE_DIR = Path(__file__).resolve().parent / "bare"
 # Each stackbench server's best-case reference: the same runtime and HTTP stack, bare.
@@ -62,6 +62,10 @@ class Variant:
         if self.kind == "bare":
             return [sys.executable, str(BARE_DIR / f"{BARE[self.impl]}.py"), "--port", "0"]
         extra = ["--no-metrics"] if self.kind == "no-metrics" else []
+        if self.impl in NATIVE_SERVERS:
+            # The binary itself, as `stackbench serve` execs it (its defaults are the CLI's):
+            # a wrapper such as valgrind would follow the Python process, not what it execs.
+            return exec_argv(self.impl, ["--host", "127.0.0.1", "--port", "0", *extra])
         command = [sys.executable, "-m", "loadtest.cli", "serve", self.impl]
         return [*command, "--host", "127.0.0.1", "--port", "0", *extra]
 

@@ -125,6 +125,26 @@ def test_instruction_count_benchmark_counts_per_request(tmp_path: Path) -> None:
     assert "instructions/request" in done.stderr
 
 
+def test_instruction_count_benchmark_counts_the_native_servers(tmp_path: Path) -> None:
+    """The binary itself is counted (not the Python process that execs it), and Go's
+    asynchronous preemption does not crash callgrind."""
+    out = tmp_path / "instructions.json"
+    done = subprocess.run(
+        [
+            sys.executable, str(BENCHMARKS / "instructions.py"), "--servers", "native",
+            "--kinds", "server,bare", "--n1", "20", "--n2", "220", "--warmup", "5",
+            "--idle-seconds", "1", "--json", str(out),
+        ],
+        capture_output=True, text=True, timeout=140,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    servers = json.loads(out.read_text())["servers"]
+    for impl in ("go-nethttp", "rust-hyper"):
+        for kind in ("server", "bare"):
+            # A GET / costs 10-50 thousand instructions natively; a Python process, 200k+.
+            assert 3_000 < servers[impl][kind]["per_request"] < 150_000, (impl, kind)
+
+
 def test_upstream_clients_benchmark_reports_every_client() -> None:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "upstream_clients.py"), "--rounds", "1", "--calls", "20"],

@@ -94,6 +94,8 @@ type conn struct {
 	trailer   int   // trailer bytes so far
 	sticky    error // end of file, a reset, broken framing: every later Read answers it
 
+	last *acceptedHead // the last head accepted on this connection (see remembered)
+
 	released    atomic.Int64 // heads handed to net/http
 	consumed    atomic.Int64 // heads net/http has read to their end
 	finished    atomic.Int64 // requests whose handler has returned
@@ -340,23 +342,89 @@ func (c *conn) endMessage() {
 	c.scanFrom, c.scanLines, c.headBegan = 0, 0, 0
 }
 
+// acceptedHead: a head the policy accepted, and what it found in it.
+type acceptedHead struct {
+	raw string
+	h   head
+}
+
+// acceptedHeads: heads the policy has accepted, by their bytes (framing.AcceptedHeads, as the
+// h11 servers keep them): load generators send the same head every time, and a head seen
+// before is not scanned and checked again. Bounded as there: heads over
+// maxRememberedHeadBytes are not kept, and past rememberedHeads the set starts again.
+var acceptedHeads = struct {
+	sync.RWMutex
+	m map[string]*acceptedHead
+}{m: map[string]*acceptedHead{}}
+
+const (
+	maxRememberedHeadBytes = 2048
+	rememberedHeads        = 1024
+)
+
+var blankLine = []byte("\r\n\r\n")
+
+// remembered: the head at the start of data, if the policy has accepted these bytes before
+// (the connection's last head first): the same bytes up to the blank line get the same
+// verdict, since scanHead and checkHead read no further.
+func (c *conn) remembered(data []byte) *acceptedHead {
+	if a := c.last; a != nil && len(data) >= len(a.raw) && string(data[:len(a.raw)]) == a.raw {
+		return a
+	}
+	if len(data) > maxRememberedHeadBytes {
+		data = data[:maxRememberedHeadBytes]
+	}
+	end := bytes.Index(data, blankLine)
+	if end < 0 {
+		return nil
+	}
+	acceptedHeads.RLock()
+	a := acceptedHeads.m[string(data[:end+4])]
+	acceptedHeads.RUnlock()
+	return a
+}
+
+func remember(raw []byte, h head) *acceptedHead {
+	a := &acceptedHead{raw: string(raw), h: h}
+	if len(raw) <= maxRememberedHeadBytes {
+		acceptedHeads.Lock()
+		if len(acceptedHeads.m) >= rememberedHeads {
+			acceptedHeads.m = map[string]*acceptedHead{}
+		}
+		acceptedHeads.m[a.raw] = a
+		acceptedHeads.Unlock()
+	}
+	return a
+}
+
 // advanceHead: the next head, once complete and checked, or its stand-in.
 func (c *conn) advanceHead() error {
-	now := time.Now().UnixNano()
-	if c.headBegan == 0 {
-		c.headBegan = now
-	}
 	for c.scanLines == 0 && c.scanFrom == 0 && c.w-c.r >= 2 && c.buf[c.r] == '\r' && c.buf[c.r+1] == '\n' {
 		c.r += 2 // RFC 9112 section 2.2: empty lines before a request line are ignored
 	}
 	data := c.buf[c.r:c.w]
-	end, rej := scanHead(data, &c.scanFrom, &c.scanLines)
-	if rej == nil && end == 0 {
-		return nil // more to come
-	}
 	var h head
-	if rej == nil {
-		h, rej = checkHead(data[:end])
+	var end int
+	var rej *rejection
+	var a *acceptedHead
+	if c.scanFrom == 0 && c.scanLines == 0 {
+		a = c.remembered(data)
+	}
+	if a != nil {
+		end, h, c.last = len(a.raw), a.h, a
+	} else {
+		end, rej = scanHead(data, &c.scanFrom, &c.scanLines)
+		if rej == nil && end == 0 {
+			if c.headBegan == 0 {
+				c.headBegan = time.Now().UnixNano() // the header timeout counts from here
+			}
+			return nil // more to come
+		}
+		if rej == nil {
+			if h, rej = checkHead(data[:end]); rej == nil {
+				c.last = remember(data[:end], h)
+			}
+		}
 	}
 	seq := c.released.Add(1)
 	c.outHead = true
@@ -380,9 +448,9 @@ func (c *conn) advanceHead() error {
 	c.scanFrom, c.scanLines, c.headBegan = 0, 0, 0
 	switch {
 	case h.chunked:
-		c.state, c.bodyBegan = stChunkSize, now
+		c.state, c.bodyBegan = stChunkSize, time.Now().UnixNano()
 	case h.contentLength > 0:
-		c.state, c.bodyBegan, c.bodyLeft = stBody, now, h.contentLength
+		c.state, c.bodyBegan, c.bodyLeft = stBody, time.Now().UnixNano(), h.contentLength
 	}
 	return nil
 }

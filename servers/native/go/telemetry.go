@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,6 +69,12 @@ var statusLabels = func() (s [600]string) {
 	return
 }()
 
+// observerKey: the labels of one child of the request histogram.
+type observerKey struct {
+	route, method string
+	status        int
+}
+
 type telemetry struct {
 	enabled  bool
 	registry *prometheus.Registry
@@ -77,10 +84,15 @@ type telemetry struct {
 	exact    *lagHistogram // every lag tick, for /lag (hdr.go)
 	accepted prometheus.Counter
 	rejected prometheus.Counter
+
+	// The request histogram's children by their labels: WithLabelValues would validate and
+	// hash the three labels and take the vector's lock on every request.
+	observersMu sync.Mutex
+	observers   map[observerKey]prometheus.Observer
 }
 
 func newTelemetry(enabled bool, opts *options, openConnections func() int) *telemetry {
-	t := &telemetry{enabled: enabled}
+	t := &telemetry{enabled: enabled, observers: map[observerKey]prometheus.Observer{}}
 	if !enabled {
 		return t
 	}
@@ -159,13 +171,22 @@ func (t *telemetry) requestFinished(route, method string, status int, started ti
 		return
 	}
 	t.active.Dec()
-	label := ""
-	if status >= 0 && status < len(statusLabels) {
-		label = statusLabels[status]
-	} else {
-		label = strconv.Itoa(status)
+	seconds := time.Since(started).Seconds()
+	key := observerKey{route, methodLabel(method), status}
+	t.observersMu.Lock()
+	observer, ok := t.observers[key]
+	if !ok {
+		label := ""
+		if status >= 0 && status < len(statusLabels) {
+			label = statusLabels[status]
+		} else {
+			label = strconv.Itoa(status)
+		}
+		observer = t.duration.WithLabelValues(route, key.method, label)
+		t.observers[key] = observer
 	}
-	t.duration.WithLabelValues(route, methodLabel(method), label).Observe(time.Since(started).Seconds())
+	t.observersMu.Unlock()
+	observer.Observe(seconds)
 }
 
 func methodLabel(method string) string {

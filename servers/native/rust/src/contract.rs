@@ -1,6 +1,7 @@
 //! The HTTP contract (servers/contract.py): routes, parameters, limits, bodies and errors, free
 //! of I/O. `plan` returns what a request asks for; the server (server.rs) carries it out.
 
+use hyper::body::Bytes;
 use sha2::{Digest, Sha256};
 
 pub const MAX_SLEEP_MS: u64 = 60_000;
@@ -36,19 +37,19 @@ pub const ROUTES: [(&str, &str); 12] = [
 #[derive(Clone, Debug)]
 pub struct Response {
     pub status: u16,
-    pub body: Vec<u8>,
-    pub content_type: String,
+    pub body: Bytes,
+    pub content_type: &'static str,
     pub allow: Option<&'static str>,
     /// The request body may be unread or broken: the connection cannot carry another request.
     pub close_connection: bool,
 }
 
 impl Response {
-    pub fn new(status: u16, body: impl Into<Vec<u8>>, content_type: &str) -> Response {
+    pub fn new(status: u16, body: impl Into<Bytes>, content_type: &'static str) -> Response {
         Response {
             status,
             body: body.into(),
-            content_type: content_type.to_string(),
+            content_type,
             allow: None,
             close_connection: false,
         }
@@ -199,7 +200,7 @@ pub fn plan(method: &str, target: &str) -> (&'static str, Plan) {
         return (route, Plan::Reply(error(404, &format!("no route {}", shown))));
     }
     let allowed = ROUTES.iter().find(|(r, _)| *r == route).map(|(_, a)| *a).unwrap_or("");
-    if !allowed.split(", ").any(|m| m == method) {
+    if !allowed.split(',').any(|m| m.trim_start() == method) {
         let shown: String = method.chars().take(20).collect();
         let mut response = error(405, &format!("method {} not allowed", shown));
         response.allow = Some(allowed);

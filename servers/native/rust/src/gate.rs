@@ -22,7 +22,8 @@
 //! and drops what the client still sends for at most 0.5 s, so that it reads our last answer
 //! instead of a reset.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::mem::MaybeUninit;
 use std::io;
 use std::os::unix::io::RawFd;
@@ -34,9 +35,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
-use crate::policy::{self, ChunkStep, Chunked, Framing, Rejection, Scan};
+use crate::policy::{self, ChunkStep, Chunked, Framing, Head, Rejection, Scan};
 
 pub const LINGER: Duration = Duration::from_millis(500);
 const BODY_TIMEOUT_CAP: Duration = Duration::from_secs(60);
@@ -44,17 +45,85 @@ const BODY_TIMEOUT_CAP: Duration = Duration::from_secs(60);
 // is given back once everything in it has been passed on: a connection waiting on a request
 // (or idle) holds none, as a Python server holds no read buffer between reads.
 const READ_CHUNK: usize = 8 * 1024;
+// framing.AcceptedHeads' bounds: larger heads are checked every time; past the capacity the
+// set starts again.
+const MAX_REMEMBERED_HEAD_BYTES: usize = 2048;
+const REMEMBERED_HEADS: usize = 1024;
 
 /// What the service needs to know of a request that hyper did not see.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Meta {
-    pub method: String,
-    pub target: String,
+    pub method: Arc<str>,
+    pub target: Arc<str>,
     pub close: bool,
     pub expect_continue: bool,
-    pub content_type: Option<Vec<u8>>,
+    pub content_type: Option<Arc<[u8]>>,
     pub refusal: Option<Rejection>,
     pub head_method: bool,
+}
+
+/// A head the policy accepted, as the gate hands it on: the canonical head for hyper, the
+/// framing to follow, and the Meta of every request that sends these bytes.
+struct Accepted {
+    raw: Box<[u8]>,
+    canonical: Box<[u8]>,
+    framing: Framing,
+    method: Arc<str>,
+    target: Arc<str>,
+    close: bool,
+    expect_continue: bool,
+    content_type: Option<Arc<[u8]>>,
+}
+
+impl Accepted {
+    fn new(raw: &[u8], head: Head) -> Accepted {
+        let mut out = Vec::with_capacity(head.method.len() + 64);
+        out.extend_from_slice(head.method.as_bytes());
+        // An HTTP/1.0 request stays one, so that hyper answers in HTTP/1.0 (a streamed body
+        // then ends with the connection, not in chunks).
+        out.extend_from_slice(if head.http10 { b" / HTTP/1.0\r\n" } else { b" / HTTP/1.1\r\n" });
+        match head.framing {
+            Framing::Length(0) => (),
+            Framing::Length(n) => out.extend_from_slice(format!("Content-Length: {}\r\n", n).as_bytes()),
+            Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        }
+        if head.expect_continue {
+            out.extend_from_slice(b"Expect: 100-continue\r\n");
+        }
+        if head.close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        Accepted {
+            raw: raw.into(),
+            canonical: out.into(),
+            framing: head.framing,
+            method: head.method.into(),
+            target: head.target.into(),
+            close: head.close,
+            expect_continue: head.expect_continue,
+            content_type: head.content_type.map(Into::into),
+        }
+    }
+
+    fn meta(&self) -> Meta {
+        Meta {
+            head_method: &*self.method == "HEAD",
+            method: self.method.clone(),
+            target: self.target.clone(),
+            close: self.close,
+            expect_continue: self.expect_continue,
+            content_type: self.content_type.clone(),
+            refusal: None,
+        }
+    }
+}
+
+thread_local! {
+    /// Heads the policy has accepted, by their bytes (framing.AcceptedHeads, as the h11
+    /// servers keep them): load generators send the same head every time, and a head seen
+    /// before is not parsed and checked again. One set per runtime thread, so no lock.
+    static ACCEPTED: RefCell<HashMap<Box<[u8]>, Arc<Accepted>>> = RefCell::new(HashMap::new());
 }
 
 /// Per connection, shared by the gate and the service.
@@ -134,8 +203,16 @@ pub struct Gate {
     out_pos: usize,
     reading: Reading,
     eof: bool,
-    timer: Option<(Waiting, Pin<Box<Sleep>>)>,
+    /// The wait being timed, and its deadline.
+    timer: Option<(Waiting, Instant)>,
+    /// Armed at the deadline of this wait or an earlier one: it is not made again for every
+    /// wait (a keep-alive connection has an idle wait after each request), only moved when
+    /// it fires early or a wait ends sooner (poll_timer).
+    sleep: Option<Pin<Box<Sleep>>>,
     shutdown: Shutdown,
+    /// The last head this connection sent that the policy accepted: a client sends the same
+    /// one again, found without a lookup.
+    last: Option<Arc<Accepted>>,
 }
 
 impl Gate {
@@ -150,8 +227,36 @@ impl Gate {
             reading: Reading::Head,
             eof: false,
             timer: None,
+            sleep: None,
             shutdown: Shutdown::Open,
+            last: None,
         }
+    }
+
+    /// The head at the front of `inbuf`, if it is one the policy has accepted before: the
+    /// same bytes up to its blank line get the same verdict (scan reads no further).
+    fn remembered(&self) -> Option<Arc<Accepted>> {
+        if let Some(last) = &self.last {
+            if self.inbuf.starts_with(&last.raw) {
+                return Some(last.clone());
+            }
+        }
+        let window = &self.inbuf[..self.inbuf.len().min(MAX_REMEMBERED_HEAD_BYTES)];
+        let end = window.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        ACCEPTED.with(|heads| heads.borrow().get(&window[..end]).cloned())
+    }
+
+    fn remember(accepted: &Arc<Accepted>) {
+        if accepted.raw.len() > MAX_REMEMBERED_HEAD_BYTES {
+            return;
+        }
+        ACCEPTED.with(|heads| {
+            let mut heads = heads.borrow_mut();
+            if heads.len() >= REMEMBERED_HEADS {
+                heads.clear();
+            }
+            heads.insert(accepted.raw.clone(), accepted.clone());
+        });
     }
 
     fn consume(&mut self, n: usize) {
@@ -178,64 +283,47 @@ impl Gate {
                 if self.inbuf.is_empty() {
                     return Step::NeedMore;
                 }
-                match policy::scan(&self.inbuf) {
-                    Scan::NeedMore => Step::NeedMore,
-                    Scan::Accept { len, head } => {
-                        let out = &mut self.out;
-                        out.extend_from_slice(head.method.as_bytes());
-                        // An HTTP/1.0 request stays one, so that hyper answers in HTTP/1.0
-                        // (a streamed body then ends with the connection, not in chunks).
-                        out.extend_from_slice(if head.http10 { b" / HTTP/1.0\r\n" } else { b" / HTTP/1.1\r\n" });
-                        self.reading = match head.framing {
-                            Framing::Length(0) => Reading::Head,
-                            Framing::Length(n) => {
-                                out.extend_from_slice(format!("Content-Length: {}\r\n", n).as_bytes());
-                                Reading::Body(n)
-                            }
-                            Framing::Chunked => {
-                                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-                                Reading::Chunked(Chunked::default())
-                            }
-                        };
-                        if head.expect_continue {
-                            out.extend_from_slice(b"Expect: 100-continue\r\n");
+                let accepted = match self.remembered() {
+                    Some(accepted) => accepted,
+                    None => match policy::scan(&self.inbuf) {
+                        Scan::NeedMore => return Step::NeedMore,
+                        Scan::Accept { len, head } => {
+                            let accepted = Arc::new(Accepted::new(&self.inbuf[..len], head));
+                            Gate::remember(&accepted);
+                            accepted
                         }
-                        if head.close {
-                            out.extend_from_slice(b"Connection: close\r\n");
+                        Scan::Reject { rejection, head_method } => {
+                            let method = if head_method { "HEAD" } else { "GET" };
+                            self.out.extend_from_slice(
+                                format!("{} / HTTP/1.1\r\nConnection: close\r\n\r\n", method).as_bytes(),
+                            );
+                            self.push_meta(Meta {
+                                method: method.into(),
+                                target: "/".into(),
+                                close: true,
+                                refusal: Some(rejection),
+                                head_method,
+                                expect_continue: false,
+                                content_type: None,
+                            });
+                            self.inbuf = Vec::new();
+                            self.reading = Reading::Stopped;
+                            self.timer = None;
+                            return Step::Progress;
                         }
-                        out.extend_from_slice(b"\r\n");
-                        self.push_meta(Meta {
-                            head_method: head.method == "HEAD",
-                            method: head.method,
-                            target: head.target,
-                            close: head.close,
-                            expect_continue: head.expect_continue,
-                            content_type: head.content_type,
-                            refusal: None,
-                        });
-                        self.consume(len);
-                        self.timer = None;
-                        Step::Progress
-                    }
-                    Scan::Reject { rejection, head_method } => {
-                        let method = if head_method { "HEAD" } else { "GET" };
-                        self.out.extend_from_slice(
-                            format!("{} / HTTP/1.1\r\nConnection: close\r\n\r\n", method).as_bytes(),
-                        );
-                        self.push_meta(Meta {
-                            method: method.to_string(),
-                            target: "/".to_string(),
-                            close: true,
-                            refusal: Some(rejection),
-                            head_method,
-                            ..Meta::default()
-                        });
-                        self.inbuf = Vec::new();
-                        self.reading = Reading::Stopped;
-                        self.timer = None;
-                        Step::Progress
-                    }
-                }
+                    },
+                };
+                self.out.extend_from_slice(&accepted.canonical);
+                self.reading = match accepted.framing {
+                    Framing::Length(0) => Reading::Head,
+                    Framing::Length(n) => Reading::Body(n),
+                    Framing::Chunked => Reading::Chunked(Chunked::default()),
+                };
+                self.push_meta(accepted.meta());
+                self.consume(accepted.raw.len());
+                self.timer = None;
+                self.last = Some(accepted);
+                Step::Progress
             }
             Reading::Body(left) => {
                 if self.inbuf.is_empty() {
@@ -284,11 +372,11 @@ impl Gate {
 
     /// Err once the current wait has outlasted its limit.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        let waiting = self.waiting();
-        match (&self.timer, waiting) {
-            (Some((current, _)), Some(wanted)) if *current == wanted => (),
+        let (wanted, deadline) = match (&self.timer, self.waiting()) {
+            (Some((current, deadline)), Some(wanted)) if *current == wanted => (wanted, *deadline),
             (_, None) => {
                 self.timer = None;
+                self.sleep = None; // a request in flight holds no timer
                 return None;
             }
             (_, Some(wanted)) => {
@@ -297,19 +385,29 @@ impl Gate {
                     Waiting::Head => self.timeouts.header,
                     Waiting::Body => self.timeouts.header.min(BODY_TIMEOUT_CAP),
                 };
-                self.timer = Some((wanted, Box::pin(tokio::time::sleep(limit))));
+                let deadline = Instant::now() + limit;
+                self.timer = Some((wanted, deadline));
+                (wanted, deadline)
             }
+        };
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
         }
-        let (wanted, sleep) = self.timer.as_mut().unwrap();
-        if sleep.as_mut().poll(cx).is_pending() {
-            return None;
+        while sleep.as_mut().poll(cx).is_ready() {
+            if sleep.deadline() < deadline {
+                sleep.as_mut().reset(deadline); // an earlier wait's deadline
+                continue;
+            }
+            if wanted == Waiting::Body {
+                self.shared.body_timed_out.store(true, Ordering::Release);
+                self.reading = Reading::Stopped;
+            }
+            self.timer = None;
+            self.sleep = None;
+            return Some(io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for the client"));
         }
-        if *wanted == Waiting::Body {
-            self.shared.body_timed_out.store(true, Ordering::Release);
-            self.reading = Reading::Stopped;
-        }
-        self.timer = None;
-        Some(io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for the client"))
+        None
     }
 
     /// Read what the socket has into `inbuf`: Ready(Ok(n)), 0 at end of file. The read goes

@@ -190,6 +190,7 @@ async fn serve(options: Options) -> i32 {
     });
     let app = Arc::new(App {
         impl_name: options.impl_name.clone(),
+        impl_header: server::impl_header(&options.impl_name),
         telemetry,
         live: live.clone(),
         upstream,

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Bytes, HttpBody};
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SERVER};
+use hyper::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SERVER};
 use hyper::service::service_fn;
 use hyper::{Body, Request};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -28,6 +28,8 @@ use crate::upstream::Upstream;
 
 pub struct App {
     pub impl_name: String,
+    /// X-Stackbench-Impl's value, made once (impl_header).
+    pub impl_header: HeaderValue,
     pub telemetry: Telemetry,
     pub live: Arc<Live>,
     pub upstream: Option<Upstream>,
@@ -67,7 +69,7 @@ pub struct RequestGuard {
     app: Arc<App>,
     shared: Arc<ConnShared>,
     route: &'static str,
-    method: String,
+    method: &'static str, // its label (contract::method_label)
     started: Instant,
     status: u16,
 }
@@ -88,7 +90,7 @@ impl RequestGuard {
             app: app.clone(),
             shared: shared.clone(),
             route,
-            method: method.to_string(),
+            method: contract::method_label(method),
             started,
             status: CLIENT_CLOSED_STATUS,
         }
@@ -97,7 +99,7 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.app.telemetry.request_finished(self.route, &self.method, self.status, self.started);
+        self.app.telemetry.request_finished(self.route, self.method, self.status, self.started);
         self.shared.request_done();
     }
 }
@@ -116,8 +118,8 @@ enum Inner {
 }
 
 impl RespBody {
-    fn full(body: Vec<u8>, guard: Option<RequestGuard>) -> RespBody {
-        let bytes = if body.is_empty() { None } else { Some(Bytes::from(body)) };
+    fn full(body: Bytes, guard: Option<RequestGuard>) -> RespBody {
+        let bytes = if body.is_empty() { None } else { Some(body) };
         RespBody { inner: Inner::Full(bytes), guard }
     }
 }
@@ -182,13 +184,35 @@ use std::future::Future;
 
 type HttpResponse = hyper::Response<RespBody>;
 
-fn head_of(app: &App, status: u16, content_type: &str, close: bool) -> hyper::http::response::Builder {
-    let mut builder = hyper::Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
-    builder = builder.header(SERVER, "stackbench").header("x-stackbench-impl", app.impl_name.as_str());
-    if close {
-        builder = builder.header(CONNECTION, "close");
+const X_STACKBENCH_IMPL: HeaderName = HeaderName::from_static("x-stackbench-impl");
+// Checked once, at compile time (from_static at run time checks every byte each call).
+const TEXT_VALUE: HeaderValue = HeaderValue::from_static(contract::TEXT);
+const JSON_VALUE: HeaderValue = HeaderValue::from_static(contract::JSON);
+const STACKBENCH: HeaderValue = HeaderValue::from_static("stackbench");
+const CLOSE: HeaderValue = HeaderValue::from_static("close");
+
+/// X-Stackbench-Impl's value: kept in static bytes, so that each response's copy of it is free.
+pub fn impl_header(impl_name: &str) -> HeaderValue {
+    let name: &'static str = Box::leak(impl_name.to_string().into_boxed_str());
+    HeaderValue::from_maybe_shared(Bytes::from_static(name.as_bytes()))
+        .unwrap_or_else(|_| crate::fail(&format!("--impl {:?} is not a header value", impl_name)))
+}
+
+fn head_of(app: &App, status: u16, content_type: &'static str, close: bool) -> hyper::http::response::Builder {
+    let mut builder = hyper::Response::builder().status(status);
+    // Values of static bytes (the contract's content types are constants): no copies.
+    if let Some(headers) = builder.headers_mut() {
+        let content_type = match content_type {
+            contract::TEXT => TEXT_VALUE,
+            contract::JSON => JSON_VALUE,
+            other => HeaderValue::from_static(other),
+        };
+        headers.insert(CONTENT_TYPE, content_type);
+        headers.insert(SERVER, STACKBENCH);
+        headers.insert(X_STACKBENCH_IMPL, app.impl_header.clone());
+        if close {
+            headers.insert(CONNECTION, CLOSE);
+        }
     }
     builder
 }
@@ -199,18 +223,20 @@ fn complete(app: &App, response: Response, head: bool, close: bool, guard: Optio
     if let Some(guard) = guard.as_mut() {
         guard.status = response.status;
     }
-    let mut builder = head_of(app, response.status, &response.content_type, close || response.close_connection)
-        .header(CONTENT_LENGTH, response.body.len());
+    let mut builder = head_of(app, response.status, response.content_type, close || response.close_connection);
+    if head || response.allow.is_some() {
+        builder = builder.header(CONTENT_LENGTH, response.body.len());
+    } // else hyper writes the body's exact length (its size_hint) in the same place
     if let Some(allow) = response.allow {
         builder = builder.header(ALLOW, allow);
     }
-    let body = if head { Vec::new() } else { response.body };
+    let body = if head { Bytes::new() } else { response.body };
     builder.body(RespBody::full(body, guard)).unwrap()
 }
 
 /// The echo's content type: the received bytes unchanged (obs-text included), or
 /// application/octet-stream when the field is absent or empty.
-fn echo_type(content_type: &Option<Vec<u8>>) -> Option<HeaderValue> {
+fn echo_type(content_type: &Option<std::sync::Arc<[u8]>>) -> Option<HeaderValue> {
     match content_type {
         Some(value) if !value.is_empty() => HeaderValue::from_bytes(value).ok(),
         _ => None,
@@ -407,7 +433,7 @@ async fn respond(
             let builder = head_of(&app, 200, contract::TEXT, close);
             if head {
                 guard.status = 200;
-                return Ok(builder.body(RespBody::full(Vec::new(), Some(guard))).unwrap());
+                return Ok(builder.body(RespBody::full(Bytes::new(), Some(guard))).unwrap());
             }
             let inner = Inner::Stream { next: 0, chunks, ms, pause: None };
             return Ok(builder.body(RespBody { inner, guard: Some(guard) }).unwrap());

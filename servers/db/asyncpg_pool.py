@@ -18,6 +18,7 @@ import asyncpg
 from servers.contract import Database, Response
 from servers.db.config import (
     CONNECT_TIMEOUT_S,
+    LOCK_WORLDS,
     SELECT_FORTUNES,
     SELECT_WORLD,
     SLEEP,
@@ -87,7 +88,9 @@ async def _queries(connection: asyncpg.Connection, plan: Database) -> list | Non
             for row in plan.ids:
                 await connection.fetchrow(SELECT_WORLD, row)
             ids, numbers = plan.batch()
-            await connection.execute(UPDATE_WORLDS, ids, numbers)
+            async with connection.transaction():
+                await connection.execute(LOCK_WORLDS, ids)
+                await connection.execute(UPDATE_WORLDS, ids, numbers)
             return None
         case "sleep":
             await connection.execute(SLEEP, plan.ms / 1000)

@@ -47,6 +47,10 @@ CONNECT_TIMEOUT_S = 5  # libpq counts whole seconds; within the request's deadli
 # The same statements on every server ($n placeholders; psycopg's %s in PSYCOPG).
 SELECT_WORLD = "SELECT id, randomnumber FROM world WHERE id = $1"
 SELECT_FORTUNES = "SELECT id, message FROM fortune"
+# The batch update locks its rows in id order first, in the same transaction: the UPDATE's own
+# locks follow its plan (a hash join locks in the heap's order, which updates reshuffle; a
+# nested loop in the list's), and two servers planning it differently deadlocked (a 502).
+LOCK_WORLDS = "SELECT 1 FROM world WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE"
 UPDATE_WORLDS = (
     "UPDATE world SET randomnumber = v.r FROM unnest($1::int[], $2::int[]) AS v(id, r) "
     "WHERE world.id = v.id"

@@ -29,6 +29,7 @@ from psycopg import pq
 from servers.contract import Database, Response
 from servers.db.config import (
     CONNECT_TIMEOUT_S,
+    LOCK_WORLDS,
     SELECT_FORTUNES,
     SELECT_WORLD,
     SLEEP,
@@ -47,6 +48,7 @@ __all__ = ["CancelHandle", "SyncDatabase", "label"]
 
 _SELECT_WORLD = psycopg_sql(SELECT_WORLD)
 _UPDATE_WORLDS = psycopg_sql(UPDATE_WORLDS)
+_LOCK_WORLDS = psycopg_sql(LOCK_WORLDS)
 _SLEEP = psycopg_sql(SLEEP)
 
 
@@ -173,7 +175,9 @@ def _queries(connection: psycopg.Connection, plan: Database) -> list | None:
             for row in plan.ids:
                 connection.execute(_SELECT_WORLD, (row,)).fetchone()
             ids, numbers = plan.batch()
-            connection.execute(_UPDATE_WORLDS, (ids, numbers))
+            with connection.transaction():
+                connection.execute(_LOCK_WORLDS, (ids,))
+                connection.execute(_UPDATE_WORLDS, (ids, numbers))
             return None
         case "sleep":
             connection.execute(_SLEEP, (plan.ms / 1000,))

@@ -165,8 +165,8 @@ def test_closed_loop_is_as_fast_as_wrk_against_the_fastest_server(
     with ServerProcess("rust-hyper", cpus={SERVER_CPU}) as server:
         _wrk(server.port, 64, 1)  # warm-up
         for _ in range(3):
-            ours, ours_cpu = _ours(driver, server.port, 3)
-            theirs, theirs_cpu = _wrk(server.port, 64, 3)
+            ours, ours_cpu = _ours(driver, server.port, 2)
+            theirs, theirs_cpu = _wrk(server.port, 64, 2)
             speed.append(ours / theirs)
             cost.append(ours_cpu / theirs_cpu)
     print(f"rate driver / wrk at 64 connections: throughput {[f'{r:.2f}' for r in speed]}, "
@@ -228,12 +228,11 @@ STALLING_SERVER = textwrap.dedent(
 )
 
 
-def test_corrected_latency_holds_a_stall_that_the_uncorrected_hides(
-    driver: Path, machine_alone: None
-) -> None:
+def test_corrected_latency_holds_a_stall_that_the_uncorrected_hides(driver: Path) -> None:
     """One connection at a fixed rate to a server that stalls 100 ms every 0.5 s: the ~50
     requests due during each stall wait for it (from their intended send), while only the one
-    in flight sees it from its actual send."""
+    in flight sees it from its actual send. (A 100 ms stall against bounds of 70 and 25 ms:
+    the machine need not be the test's alone.)"""
     stall_ms, every_s, offered = 100, 0.5, 500
     server = subprocess.Popen(
         [sys.executable, "-c", STALLING_SERVER.format(stall=stall_ms, every=every_s)],

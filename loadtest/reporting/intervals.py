@@ -1,9 +1,10 @@
 """95 % intervals from within one run: one named method per kind of figure, free of I/O.
 
 - Percentiles: the order-statistic interval of the step's exact histogram (the ranks
-  n q -/+ 1.96 sqrt(n q (1 - q)) of a binomial count), widened to the batch-means interval of the
-  same percentile read per second, where the seconds disagree more than independent requests
-  would (requests within one stall are not independent).
+  n q -/+ 1.96 sqrt(n q (1 - q) phi) of a binomial count), where phi >= 1 is how much more the
+  batches disagree than independent requests would: Pearson's chi-square over k - 1 of the
+  count of each batch's requests above the step's percentile against its binomial share
+  (quasi-binomial overdispersion; requests within one stall are not independent).
 - Means: the batch-means interval of the per-second means, and at least the mean's standard
   error over the requests.
 - CPU per request and rates: the value's own measurement error (ticks or the clock's skew)
@@ -12,7 +13,8 @@
   freedom times the slope's standard error.
 
 Batch means: a step's samples (every 0.5 s) are taken in batches of BATCH_SAMPLES, a figure is
-read per batch, and the interval is mean -/+ t(k - 1) s / sqrt(k) over the k batches.
+read per batch, and the interval is mean -/+ t(k - 1) s / sqrt(k) over the k batches (a 3 s step
+gives five).
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ __all__ = [
     "around",
     "batch_half_width",
     "mean_ci",
+    "overdispersion",
     "quantile_ci",
     "slope_ci",
     "t_quantile",
 ]
 
 CONFIDENCE = 0.95
-BATCH_SAMPLES = 2  # samples are 0.5 s apart: a batch is a second
+BATCH_SAMPLES = 1  # samples are 0.5 s apart: a batch is half a second
 Z = 1.959963984540054  # the normal's 97.5th percentile
 
 
@@ -63,32 +66,41 @@ def _value_at_rank(histogram, rank: int, count: int) -> float:
     return histogram.get_value_at_percentile(100.0 * rank / count) / 1000
 
 
+def overdispersion(histogram, q: float, batches: Sequence) -> float:
+    """phi >= 1: Pearson's chi-square over k - 1 of the number of each batch's requests above
+    the histogram's q quantile, against the binomial share 1 - q of the batch; 1 with fewer
+    than two batches that hold any."""
+    threshold = histogram.get_value_at_percentile(100 * q)
+    tail = 1 - q
+    chi2, k = 0.0, 0
+    for batch in batches:
+        n = batch.get_total_count()
+        if n == 0:
+            continue
+        above = sum(
+            item.count_at_value_iterated_to
+            for item in batch.get_recorded_iterator()
+            if item.value_iterated_to > threshold
+        )
+        expected, variance = n * tail, n * tail * (1 - tail)
+        if variance > 0:
+            chi2 += (above - expected) ** 2 / variance
+            k += 1
+    return max(1.0, chi2 / (k - 1)) if k >= 2 else 1.0
+
+
 def quantile_ci(histogram, q: float, batches: Sequence = ()) -> Interval | None:
     """The 95 % interval of quantile q (0-1) of an HdrHistogram in µs, in ms: the binomial
-    order-statistic interval, widened to cover the batch-means interval of the per-batch
-    quantiles where `batches` (histograms of consecutive parts of the same requests) give one.
-    None when nothing was recorded."""
+    order-statistic interval, widened by the overdispersion of `batches` (histograms of
+    consecutive parts of the same requests). None when nothing was recorded."""
     count = histogram.get_total_count()
     if count == 0:
         return None
-    spread = Z * math.sqrt(count * q * (1 - q))
+    phi = overdispersion(histogram, q, batches) if batches else 1.0
+    spread = Z * math.sqrt(count * q * (1 - q) * phi)
     low_rank = max(1, math.floor(count * q - spread))
     high_rank = min(count, math.ceil(count * q + spread) + 1)
-    low, high = (
-        _value_at_rank(histogram, low_rank, count),
-        _value_at_rank(histogram, high_rank, count),
-    )
-    # A batch too small to hold the quantile's tail (fewer than 1 / (1 - q) requests) says
-    # nothing about it.
-    needed = max(2, math.ceil(1 / max(1 - q, 1e-9)))
-    per_batch = [
-        b.get_value_at_percentile(100 * q) / 1000 for b in batches if b.get_total_count() >= needed
-    ]
-    half = batch_half_width(per_batch)
-    if half is not None:
-        centre = statistics.fmean(per_batch)
-        low, high = min(low, centre - half), max(high, centre + half)
-    return (low, high)
+    return _value_at_rank(histogram, low_rank, count), _value_at_rank(histogram, high_rank, count)
 
 
 def mean_ci(histogram, batches: Sequence = ()) -> Interval | None:

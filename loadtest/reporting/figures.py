@@ -6,6 +6,7 @@ shows or compares figures (results, report, compare) reads their meaning from he
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from loadtest.driver.scenarios import (
     UPSTREAM_MS,
 )
 from loadtest.records import Figure, Interval, ScenarioRun, ServerHeadline, Step
+from loadtest.reporting import intervals
 
 __all__ = [
     "CPU",
@@ -372,6 +374,14 @@ def _cpu(run: ScenarioRun, level: float | None = None) -> Reading:
     )  # fmt: skip
 
 
+def _calibrated(reading: Reading, name: str) -> Reading:
+    """The reading with its interval widened to what this figure's kind varies between runs
+    (intervals.CALIBRATION)."""
+    if reading.value is None or reading.ci is None:
+        return reading
+    return dataclasses.replace(reading, ci=intervals.calibrated(reading.value, reading.ci, name))
+
+
 def _figure(readings: list[Reading]) -> Figure | None:
     present = [r for r in readings if r.value is not None]
     if not present:
@@ -419,11 +429,13 @@ def headline(runs: list[ScenarioRun]) -> dict[str, ServerHeadline]:
             continue
         locust = SCENARIOS[key.scenario].driver == "locust"
         if key.model == "closed" and run.steps and locust:
-            cpu[key.server][key.scenario].append(_cpu(run, levels[key.scenario]))
+            cpu[key.server][key.scenario].append(
+                _calibrated(_cpu(run, levels[key.scenario]), "cpu")
+            )
         for name in SCENARIOS[key.scenario].figures:
             spec = FIGURES[name]
             if spec.model == key.model:
-                named[key.server][name].append(spec.read(run))
+                named[key.server][name].append(_calibrated(spec.read(run), name))
     result = {}
     for server in sorted(set(cpu) | set(named)):
         result[server] = ServerHeadline(

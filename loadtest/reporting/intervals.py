@@ -30,9 +30,12 @@ from loadtest.records import Interval
 
 __all__ = [
     "BATCH_SAMPLES",
+    "CALIBRATION",
     "CONFIDENCE",
     "around",
     "batch_half_width",
+    "calibrated",
+    "kind_of",
     "mean_ci",
     "overdispersion",
     "quantile_ci",
@@ -42,6 +45,11 @@ __all__ = [
 
 CONFIDENCE = 0.95
 BATCH_SAMPLES = 1  # samples are 0.5 s apart: a batch is half a second
+# How much wider than the within-run interval a figure of each kind varies between runs, here:
+# on a recorded `--repeat 3` quick run (benchmarks/calibrate_intervals.py), the factor on
+# repeat 1's half-widths that puts 90 % of the other repeats' values inside them. A run's
+# interval is its within-run interval times this (a VM's CPU steal moves a whole run).
+CALIBRATION = {"percentile": 10.0, "mean": 2.9, "cpu": 2.3, "rate": 2.3, "fit": 1.3}
 Z = 1.959963984540054  # the normal's 97.5th percentile
 
 
@@ -60,6 +68,34 @@ def batch_half_width(values: Sequence[float]) -> float | None:
 
 def around(centre: float, half: float) -> Interval:
     return (centre - half, centre + half)
+
+
+def kind_of(figure: str) -> str | None:
+    """Which method a headline figure's interval comes from (CALIBRATION's keys); None for
+    figures with none (inputs, counts, fit qualities)."""
+    if "bytes_per_request" in figure and not figure.endswith("_r2"):
+        return "fit"
+    if "cpu" in figure:
+        return "cpu"
+    if figure in ("capacity_rps", "ceiling_rps"):
+        return "rate"
+    if figure == "offload_overhead_ms":
+        return "mean"
+    if figure.endswith("_ms"):
+        return "percentile"
+    return None
+
+
+def calibrated(value: float, ci: Interval | None, figure: str) -> Interval | None:
+    """`ci` widened around `value` by its kind's CALIBRATION factor."""
+    kind = kind_of(figure)
+    if ci is None or kind is None:
+        return ci
+    factor = CALIBRATION[kind]
+    low = value - (value - ci[0]) * factor
+    if kind != "mean":  # a latency, a cost, a rate, a size: never below zero
+        low = max(low, 0.0)
+    return (low, value + (ci[1] - value) * factor)
 
 
 def _value_at_rank(histogram, rank: int, count: int) -> float:

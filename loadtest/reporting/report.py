@@ -529,10 +529,11 @@ def _repeats_note(results: Results) -> str:
     if repeats == 1:
         return (
             '<p class="warn"><b>Single run.</b> Every figure below was measured once: its '
-            "&plusmn; is its 95 % interval from within this run (how much it moved inside the "
-            "run), not how much it varies between runs. Use <code>--repeat 3</code> (or the "
-            "standard profile) for medians with their min&ndash;max, and <code>stackbench "
-            "compare</code> to test a difference.</p>"
+            "&plusmn; is its 95 % interval from within this run, widened by how much such a "
+            "figure moved between repeats on the project's reference machine (the README's "
+            "calibration), not by how much it moves on this one. Use <code>--repeat 3</code> "
+            "(or the standard profile) for medians with their min&ndash;max, and <code>"
+            "stackbench compare</code> to test a difference.</p>"
         )
     return (
         f'<p class="note">{repeats} repeats: each figure is the median, with its '
@@ -655,7 +656,7 @@ request's, over its 20 children), <code>/json</code> p99 beside blocking calls (
 Python and in C) and beside CPU-bound requests, and server CPU per request that calls another
 service through the server's own HTTP client (urllib3, aiohttp's, httpx).
 {html.escape(ONE_RUN_RULE)} Otherwise the row says why not. &plusmn;: the 95 % interval
-from within the run.</p>
+from within the run, calibrated against repeats.</p>
 {_verdict_table(results)}
 {_sweep_table(results)}
 <h2>CPU per request</h2>

@@ -38,7 +38,8 @@ GO_MIN_STACK_KIB = 2  # Go's smallest goroutine stack: the debate's reference
 PER_CHILD = "fanout:per_child"
 ONE_RUN_RULE = (
     "A claim holds when every server of the kind it names as higher measured above every "
-    "server of the other kind with their 95 % intervals (from within the run) apart, and does "
+    "server of the other kind with their 95 % intervals (from within the run, calibrated "
+    "against repeats) apart, and does "
     "not hold when they are apart the other way; with repeats, the repeats' ranges must not "
     "overlap either."
 )

@@ -155,17 +155,13 @@ def mean_ci(histogram, batches: Sequence = ()) -> Interval | None:
 
 
 def slope_ci(points: Sequence[tuple[float, float]]) -> Interval | None:
-    """The least-squares slope's 95 % interval, Student's t on n - 2 degrees of freedom (three
-    points give one: t = 12.7, so three levels alone rarely decide anything)."""
+    """The least-squares slope's 95 % interval, Student's t on n - 2 degrees of freedom times
+    its standard error (scipy's linregress; three points give one degree of freedom: t = 12.7,
+    so three levels alone rarely decide anything)."""
     if len(points) < 3:
         return None
     xs, ys = zip(*points, strict=True)
-    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mean_x) ** 2 for x in xs)
-    if sxx == 0:
+    if len(set(xs)) < 2:
         return None
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
-    intercept = mean_y - slope * mean_x
-    residual = sum((y - (slope * x + intercept)) ** 2 for x, y in points)
-    se = math.sqrt(residual / (len(points) - 2) / sxx)
-    return around(slope, t_quantile(len(points) - 2) * se)
+    fit = stats.linregress(xs, ys)
+    return around(float(fit.slope), t_quantile(len(points) - 2) * float(fit.stderr))
